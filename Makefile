@@ -1,0 +1,50 @@
+# The two set-up commands: `make demo` and `make test`. Every install step lives here.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# torch and torchvision are pinned at install time only (these builds lie on the build
+# machine's disk); pyproject.toml keeps loose ranges for users.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: demo test lint bench system-deps clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q $(TORCH_PIN)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+# redis-server and chromium serve the service and browser tests; skipped when present.
+system-deps:
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null; \
+		else \
+			echo "note: redis-server/chromium missing and cannot apt-get here; their tests will skip"; \
+		fi; \
+	fi
+
+demo: $(VENV)/.installed
+	$(BIN)/danlu demo --out runs/demo
+
+test: $(VENV)/.installed-dev system-deps
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -n 2 --dist loadfile
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/danlu bench boxes
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,96 @@
+"""Shared helpers for the benchmark scripts: timing and the one result table.
+
+Every benchmark prints, in one run, our time and each peer's time on the same input, the ratio
+(ours / peer: below 1.0 means we are faster) and whether the outputs agree.
+"""
+
+from __future__ import annotations
+
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import orjson
+from rich.console import Console
+from rich.table import Table
+
+
+def measure(fn: Callable[[], object], *, repeat: int = 5, warmup: int = 1,
+            max_seconds: float = 60.0) -> float:
+    """Median wall time of ``fn()`` in seconds over ``repeat`` runs after ``warmup`` runs.
+
+    Stops early (with at least one timed run) once ``max_seconds`` of timed runs have passed,
+    so a slow peer does not hold a benchmark for minutes.
+    """
+    for _ in range(warmup):
+        fn()
+    times: list[float] = []
+    spent = 0.0
+    for _ in range(repeat):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        dt = time.perf_counter() - t0
+        times.append(dt)
+        spent += dt
+        if spent > max_seconds:
+            break
+    return statistics.median(times)
+
+
+@dataclass
+class Row:
+    """One comparison: our time against one peer's time on the same input."""
+
+    case: str
+    ours_s: float
+    peer: str
+    peer_s: float
+    agree: bool
+    goal: str = ""
+
+    @property
+    def ratio(self) -> float:
+        """ours / peer; below 1.0 means ours is faster."""
+        return self.ours_s / self.peer_s if self.peer_s > 0 else float("inf")
+
+    @property
+    def speedup(self) -> float:
+        """peer / ours; above 1.0 means ours is faster."""
+        return self.peer_s / self.ours_s if self.ours_s > 0 else float("inf")
+
+
+def machine() -> str:
+    """A one-line description of the machine the benchmark ran on."""
+    import os
+
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU threads, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"Python {platform.python_version()}")
+
+
+def report(title: str, rows: list[Row], *, as_json: bool = False) -> None:
+    """Print the table (or one JSON document with ``as_json``)."""
+    if as_json:
+        doc = {"benchmark": title, "machine": machine(),
+               "rows": [asdict(r) | {"ratio": r.ratio, "speedup": r.speedup} for r in rows]}
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
+        return
+    table = Table(title=f"{title} — {machine()}")
+    for col in ("case", "ours", "peer", "peer time", "ours/peer", "speed-up", "agree", "goal"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r.case, _fmt(r.ours_s), r.peer, _fmt(r.peer_s), f"{r.ratio:.3f}",
+                      f"{r.speedup:.1f}x", "yes" if r.agree else "NO", r.goal)
+    Console().print(table)
+
+
+def _fmt(seconds: float) -> str:
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    return f"{seconds * 1e3:.2f} ms"
