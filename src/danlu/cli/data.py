@@ -1,0 +1,143 @@
+"""``danlu data ...``: the dataset commands.
+
+``convert`` and ``stats`` live here; the other data commands (synth, show, split, tile, crop,
+...) are attached to the same group by :func:`danlu.cli.data_prep.register`. Every command is
+a thin wrapper over a library call in :mod:`danlu.data`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from danlu.cli._common import console, info, print_json, track
+
+data_app = typer.Typer(
+    name="data",
+    help="Prepare datasets: convert between VOC, COCO, YOLO and DOTA, statistics, and more."
+    "\n\nExample: danlu data convert voc/ out/ --to coco",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+_FORMATS = "voc, coco, yolo or dota"
+
+
+def _warnings_report(dst: Path, warnings: list[str]) -> Path:
+    """Write the skipped-item warnings beside (or inside) the output; return the path."""
+    from danlu.data._atomic import write_text_atomic
+
+    report = (dst.with_name(dst.stem + ".warnings.txt") if dst.suffix.lower() == ".json"
+              else dst / "danlu-warnings.txt")
+    write_text_atomic(report, "".join(f"{w}\n" for w in warnings))
+    return report
+
+
+def register_convert(app: typer.Typer) -> None:
+    @app.command("convert")
+    def convert(
+        src: Path = typer.Argument(..., help="The dataset to read (folder, or COCO .json)."),
+        dst: Path = typer.Argument(..., help="The folder to write (or a COCO .json file)."),
+        to: str = typer.Option(..., "--to", help=f"Output format: {_FORMATS}."),
+        from_: str = typer.Option(None, "--from", help="Input format (detected when omitted)."),
+        split: str = typer.Option(None, "--split", help="Read only this split (VOC ImageSets/"
+                                  "Main name, YOLO data.yaml key, COCO instances_<split>)."),
+        skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad boxes, "
+                                          "files and images; list them in a report file."),
+        images: str = typer.Option("copy", "--images", help="copy, symlink or none (annotations "
+                                   "only)."),
+        overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty DST."),
+    ) -> None:
+        """Convert a dataset between VOC, COCO, YOLO and DOTA.
+
+        Boxes, class names and the flags both formats hold survive the round trip. Nothing is
+        half-written: DST appears complete or not at all. With --skip-invalid, the skipped
+        items are listed in DST/danlu-warnings.txt.
+
+        Example: danlu data convert VOCdevkit/VOC2007 voc-coco --to coco --images symlink
+        """
+        from danlu.data.io import load_dataset, save_dataset
+
+        ds = load_dataset(src, from_, split=split, skip_invalid=skip_invalid,
+                          progress=track)
+        warnings = ds.meta.get("warnings", [])
+        save_dataset(ds, dst, to, images=images, overwrite=overwrite, progress=track)
+        info(f"converted {len(ds)} images, {ds.num_boxes} boxes, {len(ds.class_names)} classes:"
+             f" {src} ({ds.meta.get('format')}) -> {dst} ({to})")
+        if warnings:
+            report = _warnings_report(dst, warnings)
+            console.print(f"skipped {len(warnings)} invalid items; see {report}",
+                          highlight=False)
+
+
+def register_stats(app: typer.Typer) -> None:
+    @app.command("stats")
+    def stats(
+        dataset: Path = typer.Argument(..., help="The dataset (folder, or COCO .json)."),
+        format: str = typer.Option(None, "--format", help=f"{_FORMATS} (detected when omitted)."),
+        split: str = typer.Option(None, "--split", help="Read only this split."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        plot: Path = typer.Option(None, "--plot", help="Also draw the histograms as a PNG."),
+        skip_invalid: bool = typer.Option(False, "--skip-invalid",
+                                          help="Skip bad items instead of stopping."),
+    ) -> None:
+        """Count images, boxes and classes; histograms of boxes per image, box sizes and aspect
+        ratios; COCO small/medium/large; empty images; duplicate, degenerate and
+        out-of-bounds boxes.
+
+        Example: danlu data stats coco/annotations/instances_val2017.json --json --plot s.png
+        """
+        from danlu.data.io import load_dataset
+        from danlu.data.stats import dataset_stats, plot_stats
+
+        ds = load_dataset(dataset, format, split=split, skip_invalid=skip_invalid,
+                          progress=track)
+        st = dataset_stats(ds)
+        st["format"] = ds.meta.get("format")
+        if plot is not None:
+            plot_stats(st, plot)
+            info(f"plot written to {plot}")
+        if as_json:
+            print_json(st)
+        else:
+            _print_table(st)
+        if st["warnings"]:
+            console.print(f"skipped {st['warnings']} invalid items", highlight=False)
+
+
+def _print_table(st: dict) -> None:
+    t = Table(title=f"{st['num_images']} images, {st['num_boxes']} boxes, "
+              f"{st['num_classes']} classes ({st.get('format')})")
+    t.add_column("class")
+    t.add_column("boxes", justify="right")
+    t.add_column("images", justify="right")
+    for name, c in st["per_class"].items():
+        t.add_row(name, str(c["boxes"]), str(c["images"]))
+    console.print(t)
+    bpi = st["boxes_per_image"]
+    area = st["coco_area"]
+    lines = [
+        f"boxes per image: mean {_f(bpi['mean'])}, median {_f(bpi['median'])}, "
+        f"max {_f(bpi['max'])}; empty images: {st['empty_images']}",
+        f"COCO sizes: small {area['small']}, medium {area['medium']}, large {area['large']}",
+        f"duplicate boxes: {st['duplicate_boxes']}, degenerate: {st['degenerate_boxes']}, "
+        f"out of bounds: {st['out_of_bounds_boxes']}",
+    ]
+    for line in lines:
+        console.print(line, highlight=False)
+
+
+def _f(v: float | None) -> str:
+    return "-" if v is None else f"{v:g}"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``data`` group (convert, stats, and the other data commands) to ``app``."""
+    from danlu.cli import data_prep
+
+    register_convert(data_app)
+    register_stats(data_app)
+    data_prep.register(data_app)
+    app.add_typer(data_app, name="data")

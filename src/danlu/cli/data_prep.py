@@ -1,0 +1,341 @@
+"""``danlu data synth|show|split|tile|crop|drop-labels|filter-small|whitebalance|pack``.
+
+Thin wrappers: each command loads a dataset, calls one library function from ``danlu.data``
+and writes the result. ``register(data_app)`` adds them to the ``danlu data`` group.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import typer
+
+from danlu.cli._common import info, print_json, track
+from danlu.errors import ConfigError
+
+T = TypeVar("T")
+
+_FORMAT_HELP = "Input format: voc, coco, yolo or dota (detected when omitted)."
+_TO_HELP = "Output format (default: the input's format)."
+_OVERWRITE_HELP = "Replace an existing non-empty output folder."
+
+
+def _progress(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """The ``progress(items, description, total)`` wrapper that load/save_dataset take."""
+    return track(items, description, total)
+
+
+def _bar(description: str):  # noqa: ANN202 - a one-argument progress wrapper
+    return lambda items: track(items, description)
+
+
+def _load(path: Path, fmt: str | None):  # noqa: ANN202 - a Dataset
+    from danlu.data.io import load_dataset
+
+    return load_dataset(path, fmt, progress=_progress)
+
+
+def _save(ds: Any, out: Path, fmt: str, overwrite: bool) -> Path:
+    from danlu.data.io import save_dataset
+
+    return save_dataset(ds, out, fmt, overwrite=overwrite, progress=_progress)
+
+
+def _out_format(ds: Any, to: str | None) -> str:
+    fmt = to or ds.meta.get("format")
+    if not fmt:
+        raise ConfigError("cannot tell the output format", hint="pass --to voc|coco|yolo|dota")
+    return str(fmt)
+
+
+def _floats(text: str, name: str, n: int | None = None) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise ConfigError(f"{name}: expected comma-separated numbers, got {text!r}") from e
+    if not values or (n is not None and len(values) != n):
+        raise ConfigError(f"{name}: expected {n or 'some'} comma-separated numbers, got {text!r}")
+    return values
+
+
+def _image_size(text: str) -> tuple[int, int]:
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError as e:
+        raise ConfigError(f"--image-size: expected N or WxH, got {text!r}") from e
+    if len(sizes) == 1:
+        sizes *= 2
+    if len(sizes) != 2 or min(sizes) <= 0:
+        raise ConfigError(f"--image-size: expected N or WxH with positive sizes, got {text!r}")
+    return sizes[0], sizes[1]
+
+
+def _write_json(path: Path, document: Any) -> None:
+    from danlu.data._atomic import write_bytes_atomic
+
+    write_bytes_atomic(path, orjson.dumps(document, option=orjson.OPT_INDENT_2
+                                          | orjson.OPT_NON_STR_KEYS))
+
+
+def _record_path(out: Path, name: str) -> Path:
+    """Where a side record goes: inside the output folder, or beside an output file."""
+    return out / name if out.is_dir() else out.with_name(f"{out.stem}.{name}")
+
+
+def register(data_app: typer.Typer) -> None:
+    """Add the data preparation commands to the ``danlu data`` group."""
+
+    @data_app.command("synth")
+    def synth(
+        out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
+        preset: str = typer.Option("shapes", "--preset", help="shapes | digits."),
+        num_images: int = typer.Option(100, "--num-images", "-n", help="Number of images."),
+        seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
+        fmt: str = typer.Option("voc", "--format", "-f", help="voc | coco | yolo | dota."),
+        image_size: str = typer.Option("256", "--image-size", help="N or WxH pixels."),
+        objects: str = typer.Option("1,6", "--objects", help="Min,max objects per image."),
+        scale: str = typer.Option("16,80", "--scale", help="Min,max object size in pixels."),
+        rotation: float = typer.Option(None, "--rotation", help="Max rotation in degrees "
+                                       "(default: 180 shapes, 15 digits)."),
+        color_jitter: float = typer.Option(0.15, "--color-jitter", help="Brightness and "
+                                           "saturation jitter of objects."),
+        max_overlap: float = typer.Option(0.0, "--max-overlap", help="Allowed max(IoU, IoS) "
+                                          "between objects; 0 = no overlap."),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
+    ) -> None:
+        """Generate a synthetic detection dataset (copy-paste scenes) and write it.
+
+        Example: danlu data synth --preset shapes --num-images 500 --seed 0 --format voc
+        --out data/shapes
+        """
+        from danlu.data.synth import synthesize
+
+        lo, hi = _floats(objects, "--objects", 2)
+        smin, smax = _floats(scale, "--scale", 2)
+        ds = synthesize(preset, num_images, seed, image_size=_image_size(image_size),
+                        objects_per_image=(int(lo), int(hi)), scale_range=(int(smin), int(smax)),
+                        rotation=rotation, color_jitter=color_jitter, max_overlap=max_overlap,
+                        progress=_bar(f"synth {preset}"))
+        _save(ds, out, fmt, overwrite)
+        info(f"wrote {len(ds)} images, {ds.num_boxes} boxes ({fmt}) to {out}")
+
+    @data_app.command("show")
+    def show(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder for PNGs and "
+                                 "index.html."),
+        limit: int = typer.Option(None, "--limit", help="At most this many images."),
+        classes: str = typer.Option(None, "--classes", help="Only these classes, "
+                                    "comma-separated (and images containing them)."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+    ) -> None:
+        """Draw the boxes on each image and write a self-contained HTML gallery.
+
+        Example: danlu data show data/shapes --out shapes_show --limit 20 --classes star,circle
+        """
+        from danlu.data.show import show_dataset
+
+        ds = _load(dataset, fmt)
+        names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+        page = show_dataset(ds, out, limit=limit, classes=names, progress=_bar("drawing"))
+        info(f"wrote {page}")
+
+    @data_app.command("split")
+    def split(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder: one dataset per "
+                                 "split in OUT/<name>."),
+        ratios: str = typer.Option("0.8,0.1,0.1", "--ratios", help="Relative split sizes."),
+        names: str = typer.Option(None, "--names", help="Split names, comma-separated "
+                                  "(default train,val[,test])."),
+        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        stratify: bool = typer.Option(True, "--stratify/--no-stratify",
+                                      help="Stratify by each image's rarest class."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        to: str = typer.Option(None, "--to", help=_TO_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the split sizes as JSON."),
+    ) -> None:
+        """Split a dataset into parts of exact sizes, stratified by class presence.
+
+        Example: danlu data split data/shapes --ratios 0.8,0.1,0.1 --seed 0 --out data/splits
+        """
+        from danlu.data.split import split_dataset
+
+        ds = _load(dataset, fmt)
+        name_list = [n.strip() for n in names.split(",")] if names else None
+        parts = split_dataset(ds, _floats(ratios, "--ratios"), seed, stratify=stratify,
+                              names=name_list)
+        out_fmt = _out_format(ds, to)
+        if out.exists() and any(out.iterdir()) and not overwrite:
+            raise ConfigError(f"{out}: folder exists and is not empty",
+                              hint="choose another --out or pass --overwrite")
+        for name, part in parts.items():
+            _save(part, out / name, out_fmt, overwrite)
+        sizes = {name: len(part) for name, part in parts.items()}
+        if as_json:
+            print_json({"out": str(out), "format": out_fmt, "sizes": sizes})
+        else:
+            info(", ".join(f"{k}: {v}" for k, v in sizes.items()) + f" -> {out}")
+
+    @data_app.command("tile")
+    def tile(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
+        tile_size: int = typer.Option(1024, "--tile-size", help="Tile side in pixels."),
+        gap: int = typer.Option(200, "--gap", help="Overlap of neighbouring tiles in pixels."),
+        rate: float = typer.Option(1.0, "--rate", help="Rescale images by this factor first."),
+        min_kept: float = typer.Option(0.7, "--min-kept", help="Objects clipped below this "
+                                       "fraction of their area are partial."),
+        keep_partial: str = typer.Option("difficult", "--keep-partial",
+                                         help="difficult (flag them) | drop."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        to: str = typer.Option(None, "--to", help=_TO_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
+    ) -> None:
+        """Cut large images into overlapping tiles (DOTA_devkit ImgSplit rules).
+
+        Tile origins are written in each tile's id, {id}__{rate}__{x}___{y}.
+
+        Example: danlu data tile data/dota --tile-size 1024 --gap 200 --out data/dota_1024
+        """
+        from danlu.data.tile import tile_dataset
+
+        ds = _load(dataset, fmt)
+        tiles = tile_dataset(ds, tile_size, gap, rate=rate, min_kept_fraction=min_kept,
+                             keep_partial=keep_partial, encode=True, progress=_bar("tiling"))
+        out_fmt = _out_format(ds, to)
+        _save(tiles, out, out_fmt, overwrite)
+        info(f"wrote {len(tiles)} tiles from {len(ds)} images, {tiles.num_boxes} boxes to {out}")
+
+    @data_app.command("crop")
+    def crop(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
+    ) -> None:
+        """Cut every object out, one folder per class, and black them out of the backgrounds.
+
+        Writes OUT/objects/<class>/<id>_<k>.png and OUT/backgrounds/<id>.png.
+
+        Example: danlu data crop data/shapes --out shapes_crops
+        """
+        from danlu.data.crop import crop_objects
+
+        ds = _load(dataset, fmt)
+        summary = crop_objects(ds, out, progress=_bar("cropping"))
+        if as_json:
+            print_json(summary)
+        else:
+            info(f"wrote {summary['objects']} objects and {summary['backgrounds']} "
+                 f"backgrounds to {out}")
+
+    @data_app.command("drop-labels")
+    def drop_labels_command(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
+        rate: float = typer.Option(..., "--rate", help="Fraction of boxes to drop, 0..1."),
+        seed: int = typer.Option(0, "--seed", help="Random seed."),
+        per_class: bool = typer.Option(True, "--per-class/--overall", help="Drop the fraction "
+                                       "of each class (default) or of all boxes together."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        to: str = typer.Option(None, "--to", help=_TO_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
+        as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
+    ) -> None:
+        """Drop a random fraction of each class's boxes to simulate missing labels.
+
+        Exactly round(rate * n) boxes of each class go; the record of which ones (and the
+        images left without boxes) is written to OUT/dropped.json.
+
+        Example: danlu data drop-labels data/shapes --rate 0.3 --seed 0 --out data/shapes_missing
+        """
+        from danlu.data.labels import drop_labels
+
+        ds = _load(dataset, fmt)
+        result = drop_labels(ds, rate, seed, per_class=per_class)
+        out_path = _save(result, out, _out_format(ds, to), overwrite)
+        record = result.meta["dropped"]
+        _write_json(_record_path(out_path, "dropped.json"), record)
+        if as_json:
+            print_json(record)
+        else:
+            info(f"dropped {ds.num_boxes - result.num_boxes} of {ds.num_boxes} boxes; "
+                 f"{len(record['emptied'])} images left without boxes -> {out}")
+
+    @data_app.command("filter-small")
+    def filter_small_command(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
+        min_area: float = typer.Option(None, "--min-area", help="Area threshold in pixels "
+                                       "(default: the mean box area)."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        to: str = typer.Option(None, "--to", help=_TO_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
+    ) -> None:
+        """Remove boxes smaller than an area (default: the dataset's mean box area).
+
+        Example: danlu data filter-small data/shapes --out data/shapes_large
+        """
+        from danlu.data.labels import filter_small
+
+        ds = _load(dataset, fmt)
+        result = filter_small(ds, min_area)
+        _save(result, out, _out_format(ds, to), overwrite)
+        m = result.meta["filter_small"]
+        info(f"removed {m['removed']} of {ds.num_boxes} boxes below {m['min_area']:.1f} px² "
+             f"-> {out}")
+
+    @data_app.command("whitebalance")
+    def whitebalance(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="Output dataset folder."),
+        percent: float = typer.Option(5.0, "--percent", help="Share of brightest pixels (by "
+                                      "luminance) taken as the reference white."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        to: str = typer.Option(None, "--to", help=_TO_HELP),
+        overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
+    ) -> None:
+        """Colour-correct every image so that its brightest pixels become neutral white.
+
+        The brightest --percent of pixels by luminance are the reference white; each channel
+        is scaled so that their average is 255. Images are written as PNG, boxes unchanged.
+
+        Example: danlu data whitebalance data/underwater --out data/underwater_wb
+        """
+        from danlu.data.whitebalance import white_balance_dataset
+
+        ds = _load(dataset, fmt)
+        result = white_balance_dataset(ds, percent, progress=_bar("white balance"))
+        _save(result, out, _out_format(ds, to), overwrite)
+        info(f"wrote {len(result)} corrected images to {out}")
+
+    @data_app.command("pack")
+    def pack(
+        dataset: Path = typer.Argument(..., help="Dataset folder or file."),
+        out: Path = typer.Option(..., "--out", "-o", help="The pack file to write."),
+        img_size: int = typer.Option(640, "--img-size", help="Side of the stored images."),
+        mode: str = typer.Option("letterbox", "--mode", help="letterbox (keep aspect, pad "
+                                 "bottom/right) | resize (stretch)."),
+        fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+    ) -> None:
+        """Decode and resize every image once into one memory-mappable cache file.
+
+        Read it with danlu.data.pack.PackedDataset(path).
+
+        Example: danlu data pack data/shapes --img-size 256 --out data/shapes.pack
+        """
+        from danlu.data.pack import pack_dataset
+
+        ds = _load(dataset, fmt)
+        path = pack_dataset(ds, out, img_size, mode=mode, progress=_bar("packing"))
+        info(f"packed {len(ds)} images at {img_size}px ({path.stat().st_size / 2**20:.1f} MiB) "
+             f"-> {path}")
+
+
+__all__ = ["register"]

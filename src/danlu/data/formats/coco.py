@@ -1,0 +1,474 @@
+"""COCO: one instances JSON for all images, and COCO *results* JSON for predictions.
+
+Layout read: a ``.json`` file, or a folder with ``annotations.json`` (danlu's layout, images in
+``images/``) or ``annotations/instances_<split>.json`` (the official layout, images in
+``<split>/``). File names are relative to the image folder and must stay inside it.
+
+Conventions: COCO boxes are ``[x, y, width, height]`` in continuous pixels; danlu holds
+``xyxy = [x, y, x + width, y + height]``. Category ids may be any integers: labels index the
+categories sorted by id, and ``Dataset.meta["coco_category_ids"]`` keeps the ids (label i has
+id ``coco_category_ids[i]``); the writer writes them back. Image ids are kept as
+``Sample.id``. ``iscrowd`` is the flag ``iscrowd``; ``area`` is kept in
+``Detections.extra["area"]`` and written back (else the box area is written). Segmentation
+masks are not kept.
+
+A results file is a JSON list of ``{"image_id", "category_id", "bbox", "score"}``.
+
+Example:
+    >>> import numpy as np, tempfile, pathlib
+    >>> from danlu.structures import Dataset, Detections, Sample
+    >>> det = Detections(np.array([[10, 20, 40, 60]]), np.array([0]))
+    >>> ds = Dataset([Sample(None, 64, 64, det, id=7)], ["cat"], {"coco_category_ids": [3]})
+    >>> doc = to_coco_dict(ds, ["a.jpg"])
+    >>> doc["annotations"][0]["bbox"], doc["categories"][0]["id"]
+    ([10.0, 20.0, 30.0, 40.0], 3)
+"""
+
+from __future__ import annotations
+
+import os
+from numbers import Real
+from operator import itemgetter, methodcaller
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from danlu.data.formats._common import (
+    REASONS,
+    FileIndex,
+    ReadContext,
+    box_problems,
+    image_names,
+    make_detections,
+    place_image,
+    safe_join_str,
+)
+from danlu.errors import DatasetError
+from danlu.structures import Dataset, Sample
+
+
+def is_coco(path: Path) -> bool:
+    """True for a ``.json`` file or a folder holding COCO annotations."""
+    if path.is_file():
+        return path.suffix.lower() == ".json"
+    return _find_json(path) is not None
+
+
+def _find_json(path: Path, split: str | None = None) -> Path | None:
+    if not path.is_dir():
+        return None
+    if split and (path / "annotations" / f"instances_{split}.json").is_file():
+        return path / "annotations" / f"instances_{split}.json"
+    if (path / "annotations.json").is_file():
+        return path / "annotations.json"
+    ann = path / "annotations"
+    if ann.is_dir():
+        found = sorted(ann.glob("instances_*.json")) or sorted(ann.glob("*.json"))
+        if len(found) == 1 or (found and split is None and len(found) >= 1):
+            return found[0] if len(found) == 1 else None
+    return None
+
+
+def load_json(path: Path) -> Any:
+    """Parse a JSON file with orjson; errors name the file, the line and the column."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DatasetError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as e:
+        raise DatasetError(f"{path}: line {e.lineno} column {e.colno}: malformed JSON "
+                           f"({e.msg})") from e
+
+
+def _image_root(json_path: Path, first: str | None, ctx: ReadContext) -> Path:
+    parent = json_path.parent
+    cands = [parent / "images", parent]
+    stem = json_path.stem
+    if parent.name == "annotations":
+        split = stem[len("instances_"):] if stem.startswith("instances_") else stem
+        top = parent.parent
+        cands = [top / split, top / "images" / split, top / "images", top, *cands]
+    if first:
+        for c in cands:
+            try:
+                if (c / first).is_file():
+                    return c
+            except (OSError, ValueError):
+                break
+    return next((c for c in cands if c.is_dir() and c.name != "annotations"), parent)
+
+
+def _where(kind: str, i: int, key: str | None = None) -> str:
+    return f"{kind}[{i}]" + (f".{key}" if key else "")
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def read_coco(path: Path, ctx: ReadContext, *, image_root: Path | None = None) -> Dataset:
+    """Read a COCO instances file (or a folder holding one); see the module docstring."""
+    path = Path(path)
+    json_path = path if path.is_file() else _find_json(path, ctx.split)
+    if json_path is None:
+        raise DatasetError(f"{path}: no COCO annotations found",
+                           hint="expected annotations.json or annotations/instances_*.json")
+    doc = load_json(json_path)
+    src = str(json_path)
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{src}: expected a JSON object with images, annotations and "
+                           f"categories, got {type(doc).__name__}",
+                           hint="a JSON list is a COCO results file: use load_predictions")
+    images = doc.get("images")
+    anns = doc.get("annotations", [])
+    cats = doc.get("categories")
+    for key, val in (("images", images), ("annotations", anns), ("categories", cats)):
+        if not isinstance(val, list):
+            raise DatasetError(f"{src}: {key}: expected a list, got "
+                               f"{type(val).__name__ if val is not None else 'nothing'}")
+
+    # categories -> labels (sorted by id)
+    cat_ids: list[int] = []
+    cat_names: dict[int, str] = {}
+    for i, c in enumerate(cats):
+        if not isinstance(c, dict) or not isinstance(c.get("id"), int) or isinstance(
+                c.get("id"), bool):
+            raise DatasetError(f"{src}: {_where('categories', i, 'id')}: expected an integer id")
+        if not isinstance(c.get("name"), str):
+            raise DatasetError(f"{src}: {_where('categories', i, 'name')}: expected a string")
+        if c["id"] in cat_names:
+            raise DatasetError(f"{src}: {_where('categories', i, 'id')}: duplicate id {c['id']}")
+        cat_ids.append(c["id"])
+        cat_names[c["id"]] = c["name"]
+    cat_ids.sort()
+    names_by_id = [cat_names[i] for i in cat_ids]
+    if ctx.class_names is not None:
+        known = {n: j for j, n in enumerate(ctx.class_names)}
+        missing = [n for n in names_by_id if n not in known]
+        if missing:
+            raise DatasetError(f"{src}: categories: unknown class names {missing[:5]}")
+        cat_to_label = {cid: known[cat_names[cid]] for cid in cat_ids}
+        class_names = list(ctx.class_names)
+    else:
+        cat_to_label = {cid: j for j, cid in enumerate(cat_ids)}
+        class_names = names_by_id
+
+    # images
+    first = images[0].get("file_name") if images and isinstance(images[0], dict) else None
+    if image_root is None:
+        image_root = _image_root(json_path, first if isinstance(first, str) else None, ctx)
+    index = FileIndex()
+    id_to_row: dict[Any, int] = {}
+    rows = _image_rows_fast(images, str(image_root), index, ctx)
+    if rows is None:
+        rows = []
+        for i, im in enumerate(ctx.progress(images, "reading COCO images", len(images))):
+            try:
+                rows.append(_image_row(im, i, src, str(image_root), index, ctx, id_to_row,
+                                       len(rows)))
+            except DatasetError as e:
+                ctx.fail(e.message, e.hint)
+    else:
+        id_to_row = {r[0]: j for j, r in enumerate(rows)}
+    wh_rows = np.asarray([(r[2], r[3]) for r in rows], np.float64).reshape(-1, 2)
+
+    # annotations: a vectorised fast path, a checking slow path on any surprise
+    n = len(anns)
+    try:
+        row_of = np.fromiter(map(id_to_row.__getitem__, map(itemgetter("image_id"), anns)),
+                             np.int64, n)
+        labels = np.fromiter(map(cat_to_label.__getitem__, map(itemgetter("category_id"),
+                                                                anns)), np.int64, n)
+        bbox = np.asarray(list(map(itemgetter("bbox"), anns))).reshape(n, 4)
+        if bbox.dtype.kind not in "iuf":
+            raise TypeError("bbox values are not all numbers")
+        bbox = bbox.astype(np.float64)
+        crowd = np.fromiter(map(methodcaller("get", "iscrowd", 0), anns), np.int64, n)
+        area_list = list(map(methodcaller("get", "area"), anns))
+        if None in area_list:
+            area_list = [np.nan if v is None else v for v in area_list]
+        area = np.asarray(area_list, np.float64)
+        ok = area.shape == (n,) and bool(((crowd == 0) | (crowd == 1)).all())
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
+        ok = False
+    if ok:
+        xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+        negative = (bbox[:, 2] < 0) | (bbox[:, 3] < 0)
+        bad, reason = box_problems(xyxy, wh_rows[row_of], tol=1.0)
+        if len(bad) or negative.any():
+            ok = False
+    if not ok:
+        row_of, labels, xyxy, crowd, area = _slow_annotations(
+            anns, src, id_to_row, cat_to_label, wh_rows, ctx)
+    crowd_b = crowd.astype(bool)
+    missing = np.isnan(area)
+    if missing.any():  # no "area": the box area
+        area = np.where(missing, (xyxy[:, 2] - xyxy[:, 0]) * (xyxy[:, 3] - xyxy[:, 1]), area)
+    order = np.argsort(row_of, kind="stable")
+    counts = np.bincount(row_of, minlength=len(rows))
+    starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
+    xyxy_o = np.ascontiguousarray(xyxy[order], np.float32)
+    labels_o = np.ascontiguousarray(labels[order], np.int64)
+    crowd_o = np.ascontiguousarray(crowd_b[order])
+    area_o = np.ascontiguousarray(area[order], np.float32)
+    samples = [
+        Sample(p, w, h, make_detections(xyxy_o[a:b], labels_o[a:b],
+                                        flags={"iscrowd": crowd_o[a:b]},
+                                        extra={"area": area_o[a:b]}), id=img_id)
+        for (img_id, p, w, h), a, b in zip(rows, starts[:-1], starts[1:], strict=True)
+    ]
+    meta: dict[str, Any] = {"format": "coco", "coco_category_ids": (
+        [cat_ids[names_by_id.index(c)] if c in names_by_id else None for c in class_names])}
+    for key in ("info", "licenses"):
+        if key in doc:
+            meta[f"coco_{key}"] = doc[key]
+    return Dataset(samples, class_names, meta)
+
+
+def _image_rows_fast(images: list, root: str, index: FileIndex, ctx: ReadContext
+                     ) -> list[tuple[Any, str, int, int]] | None:
+    """All image rows when every one is plainly valid; None sends them to the checking path."""
+    try:
+        ids = [im["id"] for im in images]
+        ws = [im["width"] for im in images]
+        hs = [im["height"] for im in images]
+        names = [im["file_name"] for im in images]
+    except (KeyError, TypeError):
+        return None
+    if not (all(type(v) is int for v in ids) and all(type(v) is int for v in ws)
+            and all(type(v) is int for v in hs) and all(type(v) is str for v in names)):
+        return None
+    if len(set(ids)) != len(ids) or (images and (min(ws) <= 0 or min(hs) <= 0)):
+        return None
+    try:
+        paths = [safe_join_str(root, nm, "") for nm in names]
+    except DatasetError:
+        return None
+    if ctx.check_images and not all(index.exists(p) for p in paths):
+        return None
+    return list(zip(ids, paths, ws, hs, strict=True))
+
+
+def _image_row(im: Any, i: int, src: str, root: str, index: FileIndex, ctx: ReadContext,
+               id_to_row: dict[Any, int], row: int) -> tuple[Any, str, int, int]:
+    if not isinstance(im, dict):
+        raise DatasetError(f"{src}: {_where('images', i)}: expected an object")
+    img_id = im.get("id")
+    if not isinstance(img_id, (int, str)) or isinstance(img_id, bool):
+        raise DatasetError(f"{src}: {_where('images', i, 'id')}: expected an integer id, "
+                           f"got {img_id!r}")
+    if img_id in id_to_row:
+        raise DatasetError(f"{src}: {_where('images', i, 'id')}: duplicate image id {img_id!r}")
+    w, h = im.get("width"), im.get("height")
+    if not (isinstance(w, int) and isinstance(h, int)) or isinstance(w, bool) or isinstance(
+            h, bool):
+        raise DatasetError(f"{src}: {_where('images', i)}: expected integer width and height, "
+                           f"got {w!r} x {h!r}")
+    if w <= 0 or h <= 0:
+        raise DatasetError(f"{src}: {_where('images', i)}: expected a positive size, "
+                           f"got {w} x {h}")
+    p = safe_join_str(root, im.get("file_name"), f"{src}: {_where('images', i, 'file_name')}")
+    if ctx.check_images and not index.exists(p) and not os.path.isfile(p):
+        raise DatasetError(f"{src}: {_where('images', i, 'file_name')}: image file {p} "
+                           "not found", hint="pass check_images=False to read annotations only")
+    id_to_row[img_id] = row
+    return img_id, str(p), w, h
+
+
+def _slow_annotations(anns: list, src: str, id_to_row: dict, cat_to_label: dict,
+                      wh_rows: np.ndarray, ctx: ReadContext):  # noqa: ANN202
+    rows, labels, boxes, crowd, area = [], [], [], [], []
+    for i, a in enumerate(anns):
+        loc = f"{src}: {_where('annotations', i)}"
+        if not isinstance(a, dict):
+            ctx.fail(f"{loc}: expected an object")
+            continue
+        if a.get("image_id") not in id_to_row if _hashable(a.get("image_id")) else True:
+            ctx.fail(f"{loc}.image_id: unknown image id {a.get('image_id')!r}")
+            continue
+        if not _hashable(a.get("category_id")) or a.get("category_id") not in cat_to_label:
+            ctx.fail(f"{loc}.category_id: unknown category id {a.get('category_id')!r}")
+            continue
+        b = a.get("bbox")
+        if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)):
+            ctx.fail(f"{loc}.bbox: expected 4 numbers (x, y, width, height), got {b!r}"[:300])
+            continue
+        x, y, w, h = (float(v) for v in b)
+        if w < 0 or h < 0:
+            ctx.fail(f"{loc}.bbox: negative width or height {b!r}")
+            continue
+        r = id_to_row[a["image_id"]]
+        box = np.array([[x, y, x + w, y + h]])
+        bad, reason = box_problems(box, wh_rows[r:r + 1], tol=1.0)
+        if len(bad):
+            W, H = wh_rows[r]
+            ctx.fail(f"{loc}.bbox: {REASONS[reason[0]]} (bbox {b!r}, image {W:g}x{H:g})")
+            continue
+        c = a.get("iscrowd", 0)
+        if c not in (0, 1) or isinstance(c, float):
+            ctx.fail(f"{loc}.iscrowd: expected 0 or 1, got {c!r}")
+            continue
+        ar = a.get("area")
+        if ar is not None and not _is_num(ar):
+            ctx.fail(f"{loc}.area: expected a number, got {ar!r}")
+            continue
+        rows.append(r)
+        labels.append(cat_to_label[a["category_id"]])
+        boxes.append([x, y, x + w, y + h])
+        crowd.append(int(c))
+        area.append(w * h if ar is None else float(ar))
+    return (np.asarray(rows, np.int64), np.asarray(labels, np.int64),
+            np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(crowd, np.int64),
+            np.asarray(area, np.float64))
+
+
+def _hashable(v: Any) -> bool:
+    return isinstance(v, (int, str, float)) and not isinstance(v, bool)
+
+
+# -- writing ------------------------------------------------------------------------------
+def category_ids(ds: Dataset) -> list[int]:
+    """The COCO category id of each class: ``meta["coco_category_ids"]`` when it fits,
+    else 1..K."""
+    ids = ds.meta.get("coco_category_ids")
+    if (isinstance(ids, list) and len(ids) == len(ds.class_names)
+            and all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids)):
+        return list(ids)
+    return list(range(1, len(ds.class_names) + 1))
+
+
+def image_ids(ds: Dataset) -> list[int]:
+    """Integer image ids: the samples' ids when they are unique integers (or digit strings),
+    else 1..N."""
+    ids = []
+    for s in ds.samples:
+        i = s.id
+        if isinstance(i, str) and i.isdigit() and len(i) < 19:
+            i = int(i)
+        if not isinstance(i, int) or isinstance(i, bool):
+            return list(range(1, len(ds) + 1))
+        ids.append(i)
+    return ids if len(set(ids)) == len(ids) else list(range(1, len(ds) + 1))
+
+
+def to_coco_dict(ds: Dataset, file_names: list[str]) -> dict[str, Any]:
+    """The COCO instances document of ``ds`` (file names given per sample)."""
+    cids = category_ids(ds)
+    iids = image_ids(ds)
+    images = [{"id": iid, "file_name": fn, "width": int(s.width), "height": int(s.height)}
+              for iid, fn, s in zip(iids, file_names, ds.samples, strict=True)]
+    anns = []
+    cid_arr = np.asarray(cids, np.int64)
+    next_id = 1
+    for iid, s in zip(iids, ds.samples, strict=True):
+        d = s.detections
+        if not len(d):
+            continue
+        xy = d.xyxy.astype(np.float64)
+        wh = xy[:, 2:] - xy[:, :2]
+        bbox = np.round(np.concatenate([xy[:, :2], wh], axis=1), 4).tolist()
+        area = (np.round(d.extra["area"].astype(np.float64), 4).tolist() if "area" in d.extra
+                else np.round(wh[:, 0] * wh[:, 1], 4).tolist())
+        crowd = d.flag("iscrowd").astype(int).tolist()
+        cats = cid_arr[d.labels].tolist()
+        scores = d.scores.tolist() if d.scores is not None else None
+        for k in range(len(d)):
+            a = {"id": next_id, "image_id": iid, "category_id": cats[k], "bbox": bbox[k],
+                 "area": area[k], "iscrowd": crowd[k]}
+            if scores is not None:
+                a["score"] = scores[k]
+            anns.append(a)
+            next_id += 1
+    doc: dict[str, Any] = {}
+    if "coco_info" in ds.meta:
+        doc["info"] = ds.meta["coco_info"]
+    if "coco_licenses" in ds.meta:
+        doc["licenses"] = ds.meta["coco_licenses"]
+    doc["images"] = images
+    doc["annotations"] = anns
+    doc["categories"] = [{"id": c, "name": n, "supercategory": ""}
+                         for c, n in zip(cids, ds.class_names, strict=True)]
+    return doc
+
+
+def write_coco(ds: Dataset, root: Path, *, images: str = "copy",
+               progress=None) -> None:  # noqa: ANN001 - a progress wrapper
+    """Write ``ds`` as ``root/annotations.json`` and ``root/images/`` (made atomic by the
+    caller)."""
+    root = Path(root)
+    names = image_names(ds)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    items = list(zip(ds.samples, names, strict=True))
+    if progress is not None:
+        items = progress(items, "writing COCO", len(items))
+    for sample, name in items:
+        place_image(sample, root / "images" / name, images)
+    (root / "annotations.json").write_bytes(orjson.dumps(to_coco_dict(ds, names)))
+
+
+def coco_json_bytes(ds: Dataset, json_path: Path) -> bytes:
+    """The instances JSON for writing at ``json_path`` alone: file names relative to its
+    folder when the images lie under it, else their base names."""
+    base = json_path.parent.resolve()
+    names = []
+    fallback = image_names(ds)
+    for s, fb in zip(ds.samples, fallback, strict=True):
+        p = s.path
+        try:
+            names.append(p.resolve().relative_to(base).as_posix() if p is not None else fb)
+        except ValueError:
+            names.append(fb)
+    return orjson.dumps(to_coco_dict(ds, names))
+
+
+def to_results_list(preds: Dataset) -> list[dict[str, Any]]:
+    """COCO results: one ``{image_id, category_id, bbox, score}`` per box (score 1.0 when
+    a sample has none)."""
+    cids = np.asarray(category_ids(preds), np.int64)
+    out = []
+    for iid, s in zip(image_ids(preds), preds.samples, strict=True):
+        d = s.detections
+        if not len(d):
+            continue
+        xy = d.xyxy.astype(np.float64)
+        bbox = np.round(np.concatenate([xy[:, :2], xy[:, 2:] - xy[:, :2]], 1), 4).tolist()
+        scores = d.scores.tolist() if d.scores is not None else [1.0] * len(d)
+        cats = cids[d.labels].tolist()
+        out.extend({"image_id": iid, "category_id": c, "bbox": b, "score": sc}
+                   for c, b, sc in zip(cats, bbox, scores, strict=True))
+    return out
+
+
+def parse_results(doc: Any, src: str, ctx: ReadContext) -> list[tuple[Any, int, list, float]]:
+    """Check a COCO results list: ``(image_id, category_id, [x, y, w, h], score)`` each."""
+    if not isinstance(doc, list):
+        raise DatasetError(f"{src}: expected a JSON list of results, got {type(doc).__name__}")
+    out = []
+    for i, r in enumerate(doc):
+        loc = f"{src}: [{i}]"
+        if not isinstance(r, dict):
+            ctx.fail(f"{loc}: expected an object")
+            continue
+        b, sc = r.get("bbox"), r.get("score", 1.0)
+        if not _hashable(r.get("image_id")) or not isinstance(r.get("category_id"), int):
+            ctx.fail(f"{loc}: expected image_id and an integer category_id")
+            continue
+        if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)):
+            ctx.fail(f"{loc}.bbox: expected 4 numbers (x, y, width, height), got {b!r}"[:300])
+            continue
+        if b[2] < 0 or b[3] < 0:
+            ctx.fail(f"{loc}.bbox: negative width or height {b!r}")
+            continue
+        if not _is_num(sc):
+            ctx.fail(f"{loc}.score: expected a number, got {sc!r}")
+            continue
+        out.append((r["image_id"], r["category_id"], b, float(sc)))
+    return out
+
+
+__all__ = ["read_coco", "write_coco", "is_coco", "to_coco_dict", "coco_json_bytes",
+           "to_results_list", "parse_results", "category_ids", "image_ids", "load_json"]

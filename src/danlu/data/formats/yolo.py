@@ -1,0 +1,378 @@
+"""YOLO, in the Ultralytics layout.
+
+Layout::
+
+    ROOT/data.yaml          names: [cat, dog] (or {0: cat, 1: dog}); train: images/train ...
+    ROOT/images/<split>/<stem>.<ext>
+    ROOT/labels/<split>/<stem>.txt      one box per line: ``cls cx cy w h [score]``
+
+Conventions: ``cx cy w h`` are the box center and size divided by the image width and height
+(normalized to 0..1); ``cls`` is the 0-based label. An optional 6th column is a confidence
+score (predictions). An image without a label file has no boxes. Image sizes are read from
+the image headers (:mod:`danlu.data.imagesize`). The label file of an image is found as in
+Ultralytics: the last ``images`` folder of its path replaced by ``labels``, suffix ``.txt``.
+
+``data.yaml`` keys: ``path`` (the dataset root, relative to the YAML file; default its
+folder), ``train`` / ``val`` / ``test`` (a folder of images or a ``.txt`` list of image paths,
+or a list of those, relative to ``path``; they must stay inside it), ``names``. Without a YAML
+file, ``ROOT/images/<split>/`` folders (or ``ROOT/images/`` itself) are read and the class
+names come from ``classes.txt`` when present. Each sample's ``meta["split"]`` is its split.
+
+Example:
+    >>> import numpy as np, tempfile, pathlib
+    >>> from danlu.structures import Dataset, Detections, Sample
+    >>> root = pathlib.Path(tempfile.mkdtemp()) / "yolo"
+    >>> det = Detections(np.array([[0, 0, 32, 24]]), np.array([1]))
+    >>> write_yolo(Dataset([Sample(None, 64, 48, det, id="a")], ["cat", "dog"]), root,
+    ...            images="none")
+    >>> (root / "labels" / "train" / "a.txt").read_text()
+    '1 0.250000 0.250000 0.500000 0.500000\\n'
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from danlu.data.formats._common import (
+    IMAGE_EXTENSIONS,
+    RawImage,
+    ReadContext,
+    assemble,
+    image_names,
+    place_image,
+    safe_join,
+)
+from danlu.data.imagesize import image_size
+from danlu.errors import DatasetError
+from danlu.structures import Dataset, Sample
+
+SPLITS = ("train", "val", "test")
+
+
+def find_yaml(path: Path) -> Path | None:
+    """The dataset YAML of a YOLO folder (``data.yaml``, ``dataset.yaml``, else the one
+    ``*.yaml`` with ``names``), or ``path`` itself when it is a YAML file."""
+    if path.is_file():
+        return path if path.suffix.lower() in (".yaml", ".yml") else None
+    for name in ("data.yaml", "dataset.yaml", "data.yml"):
+        if (path / name).is_file():
+            return path / name
+    if path.is_dir():
+        cands = [p for p in sorted(path.glob("*.y*ml")) if b"names" in _head(p)]
+        if len(cands) == 1:
+            return cands[0]
+    return None
+
+
+def _head(p: Path) -> bytes:
+    try:
+        with open(p, "rb") as f:
+            return f.read(65536)
+    except OSError:
+        return b""
+
+
+def is_yolo(path: Path) -> bool:
+    """True for a YOLO dataset YAML or a folder with ``images/`` and ``labels/``."""
+    if find_yaml(path) is not None:
+        return True
+    return path.is_dir() and (path / "images").is_dir() and (path / "labels").is_dir()
+
+
+def _load_yaml(p: Path) -> dict[str, Any]:
+    try:
+        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{p}: cannot read as UTF-8 text ({e})") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f"line {mark.line + 1}: " if mark is not None else ""
+        raise DatasetError(f"{p}: {line}malformed YAML ({getattr(e, 'problem', e)})") from e
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{p}: expected a mapping with names and train/val/test")
+    return doc
+
+
+def _names(doc: dict[str, Any], where: str) -> list[str] | None:
+    names = doc.get("names")
+    if names is None:
+        nc = doc.get("nc")
+        return [str(i) for i in range(nc)] if isinstance(nc, int) and 0 <= nc < 10**6 else None
+    if isinstance(names, list):
+        return [str(n) for n in names]
+    if isinstance(names, dict):
+        if not all(isinstance(k, int) and 0 <= k < 10**6 for k in names):
+            raise DatasetError(f"{where}: names: expected integer keys 0..K-1")
+        out = [str(i) for i in range(max(names) + 1 if names else 0)]
+        for k, v in names.items():
+            out[k] = str(v)
+        return out
+    raise DatasetError(f"{where}: names: expected a list or a mapping, got "
+                       f"{type(names).__name__}")
+
+
+def _list_images(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        out.extend(Path(dirpath) / f for f in sorted(filenames)
+                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
+    return out
+
+
+def _split_images(base: Path, entry: Any, where: str) -> list[Path]:
+    entries = entry if isinstance(entry, list) else [entry]
+    out: list[Path] = []
+    for e in entries:
+        if not isinstance(e, str):
+            raise DatasetError(f"{where}: expected a folder or .txt path, got {e!r}")
+        p = safe_join(base, e, where)
+        if p.suffix == ".txt" and p.is_file():
+            for lineno, line in enumerate(p.read_text(encoding="utf-8",
+                                                      errors="replace").splitlines(), 1):
+                line = line.strip()
+                if line:
+                    out.append(safe_join(p.parent, line, f"{p}: line {lineno}"))
+        elif p.is_dir():
+            out.extend(_list_images(p))
+        else:
+            raise DatasetError(f"{where}: {p} is neither a folder nor a .txt list")
+    return out
+
+
+def _label_path(image: Path) -> Path:
+    s = str(image)
+    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
+    if sa in s:
+        head, tail = s.rsplit(sa, 1)
+        s = head + sb + tail
+    return Path(os.path.splitext(s)[0] + ".txt")
+
+
+def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage) -> None:
+    """Fill ``raw`` from a label file's bytes (errors raise DatasetError naming the line)."""
+    lines = data.splitlines()
+    rows = [ln for ln in lines if ln.strip()]
+    tokens = data.split()
+    ncol = len(tokens) // len(rows) if rows else 5
+    if not rows:
+        arr = np.zeros((0, 5))
+    elif ncol in (5, 6) and len(tokens) == ncol * len(rows) and len(rows) == len(lines) and all(
+            len(r.split()) == ncol for r in rows[:1]):
+        try:
+            arr = np.array(list(map(float, tokens)), np.float64).reshape(len(rows), ncol)
+        except ValueError:
+            arr = None
+    else:
+        arr = None
+    if arr is None or (len(rows) and not np.isfinite(arr).all()):
+        arr = _slow_rows(path, lines, raw)
+        ncol = arr.shape[1]
+    cls = arr[:, 0]
+    if (cls != np.round(cls)).any() or (np.abs(cls) > 2**31).any():
+        k = int(np.flatnonzero((cls != np.round(cls)) | (np.abs(cls) > 2**31))[0])
+        raise DatasetError(f"{path}: {_line_of(raw, k)}: expected an integer class index, "
+                           f"got {cls[k]!r}")
+    c = arr[:, 1:3] * (w, h)
+    half = arr[:, 3:5] * (w / 2, h / 2)
+    neg = np.flatnonzero((arr[:, 3] < 0) | (arr[:, 4] < 0))
+    if len(neg):
+        k = int(neg[0])
+        raise DatasetError(f"{path}: {_line_of(raw, k)}: negative box width or height "
+                           f"({arr[k, 3]:g}, {arr[k, 4]:g})")
+    raw.boxes = np.concatenate([c - half, c + half], axis=1)
+    raw.names = cls.astype(np.int64)
+    if ncol == 6:
+        raw.scores = arr[:, 5].astype(np.float32)
+
+
+def _line_of(raw: RawImage, k: int) -> str:
+    return raw.lines[k] if k < len(raw.lines) else f"line {k + 1}"
+
+
+def _slow_rows(path: Path, lines: list[bytes], raw: RawImage) -> np.ndarray:
+    rows, where = [], []
+    ncol = None
+    for i, ln in enumerate(lines, 1):
+        parts = ln.split()
+        if not parts:
+            continue
+        if len(parts) not in (5, 6):
+            raise DatasetError(f"{path}: line {i}: expected 5 values 'class cx cy w h' (or a "
+                               f"6th, the score), got {len(parts)}")
+        if ncol is not None and len(parts) != ncol:
+            raise DatasetError(f"{path}: line {i}: {len(parts)} values where earlier lines "
+                               f"have {ncol}")
+        ncol = len(parts)
+        try:
+            vals = [float(p) for p in parts]
+        except ValueError as e:
+            raise DatasetError(f"{path}: line {i}: expected numbers, got "
+                               f"{ln.decode('utf-8', 'replace')[:80]!r}") from e
+        if not all(np.isfinite(vals)):
+            raise DatasetError(f"{path}: line {i}: values must be finite numbers")
+        rows.append(vals)
+        where.append(f"line {i}")
+    raw.lines = where
+    return np.asarray(rows, np.float64).reshape(-1, ncol or 5)
+
+
+def _splits(path: Path, ctx: ReadContext) -> tuple[list[tuple[str | None, Path]], list[str] | None,
+                                                   Path]:
+    yml = find_yaml(path)
+    if yml is not None:
+        doc = _load_yaml(yml)
+        names = _names(doc, str(yml))
+        base = yml.parent
+        if isinstance(doc.get("path"), str) and doc["path"]:
+            base = (yml.parent / doc["path"]).resolve()
+            if not base.is_dir():
+                base = yml.parent
+        wanted = [ctx.split] if ctx.split else [s for s in SPLITS if doc.get(s)]
+        if ctx.split and not doc.get(ctx.split):
+            raise DatasetError(f"{yml}: split {ctx.split!r} not found")
+        out: list[tuple[str | None, Path]] = []
+        seen: set[Path] = set()
+        for s in wanted:
+            for p in _split_images(base, doc[s], f"{yml}: {s}"):
+                if p not in seen:
+                    seen.add(p)
+                    out.append((s, p))
+        return out, names, base
+    root = path
+    if not (root / "images").is_dir():
+        raise DatasetError(f"{path}: not a YOLO dataset (no data.yaml and no images/ folder)")
+    names = None
+    for fname in ("classes.txt", "labels.txt"):
+        if (root / fname).is_file():
+            names = [ln.strip() for ln in (root / fname).read_text(encoding="utf-8",
+                                                                     errors="replace")
+                     .splitlines() if ln.strip()]
+            break
+    subdirs = sorted(p for p in (root / "images").iterdir() if p.is_dir())
+    if ctx.split:
+        subdirs = [p for p in subdirs if p.name == ctx.split]
+        if not subdirs:
+            raise DatasetError(f"{root / 'images'}: split {ctx.split!r} not found")
+    if subdirs:
+        return [(d.name, p) for d in subdirs for p in _list_images(d)], names, root
+    return [(None, p) for p in _list_images(root / "images")], names, root
+
+
+def read_yolo(path: Path, ctx: ReadContext) -> Dataset:
+    """Read a YOLO dataset (see the module docstring for the layout and conventions)."""
+    path = Path(path)
+    items, names, base = _splits(path, ctx)
+    if ctx.class_names is not None:
+        names = list(ctx.class_names)
+    raws = []
+    label_dirs: dict[str, set[str] | None] = {}
+    for split, img in ctx.progress(items, "reading YOLO", len(items)):
+        lab = _label_path(img)
+        d = str(lab.parent)
+        if d not in label_dirs:
+            try:
+                with os.scandir(d) as it:
+                    label_dirs[d] = {e.name for e in it}
+            except OSError:
+                label_dirs[d] = set()
+        try:
+            if ctx.sizes is not None and img.stem in ctx.sizes:
+                w, h = ctx.sizes[img.stem]
+            else:
+                w, h = image_size(img)
+            raw = RawImage(str(img), w, h, img.stem, str(lab),
+                           meta={"split": split} if split else {})
+            if lab.name in label_dirs[d]:
+                try:
+                    with open(lab, "rb") as f:
+                        data = f.read()
+                except OSError as e:
+                    raise DatasetError(f"{lab}: cannot read ({e.strerror or e})") from e
+                _parse_labels(lab, data, w, h, raw)
+            raws.append(raw)
+        except DatasetError as e:
+            ctx.fail(e.message, e.hint)
+    with_scores = [r.scores is not None for r in raws if len(r.boxes)]
+    if any(with_scores):
+        for r in raws:
+            if r.scores is None:
+                if len(r.boxes):
+                    ctx.fail(f"{r.source}: has no score column where other files have one")
+                    r.boxes, r.names = np.zeros((0, 4)), np.zeros(0, np.int64)
+                r.scores = np.zeros(len(r.boxes), np.float32)
+    else:
+        for r in raws:
+            r.scores = None
+    samples, class_names = assemble(raws, names, ctx, tol=1.0, names_are_indices=True)
+    return Dataset(samples, class_names, {"format": "yolo"})
+
+
+def _label_text(sample: Sample) -> str:
+    d = sample.detections
+    if not len(d):
+        return ""
+    w, h = float(sample.width), float(sample.height)
+    xy = d.xyxy.astype(np.float64)
+    c = (xy[:, :2] + xy[:, 2:]) / 2 / (w, h)
+    s = (xy[:, 2:] - xy[:, :2]) / (w, h)
+    labels = d.labels.tolist()
+    cx, cy = c[:, 0].tolist(), c[:, 1].tolist()
+    bw, bh = s[:, 0].tolist(), s[:, 1].tolist()
+    if d.scores is None:
+        return "".join(f"{labels[i]} {cx[i]:.6f} {cy[i]:.6f} {bw[i]:.6f} {bh[i]:.6f}\n"
+                       for i in range(len(d)))
+    sc = d.scores.tolist()
+    return "".join(f"{labels[i]} {cx[i]:.6f} {cy[i]:.6f} {bw[i]:.6f} {bh[i]:.6f} {sc[i]:.6f}\n"
+                   for i in range(len(d)))
+
+
+def write_yolo(ds: Dataset, root: Path, *, images: str = "copy",
+               progress=None) -> None:  # noqa: ANN001 - a progress wrapper
+    """Write ``ds`` as a YOLO folder at ``root`` (made atomic by the caller).
+
+    Samples go to the split in their ``meta["split"]`` (default ``train``). ``data.yaml``
+    lists every split written; ``val`` falls back to ``train`` when there is none, as
+    Ultralytics needs one.
+    """
+    root = Path(root)
+    names = image_names(ds)
+    splits: list[str] = []
+    items = list(zip(ds.samples, names, strict=True))
+    if progress is not None:
+        items = progress(items, "writing YOLO", len(items))
+    for sample, name in items:
+        split = str(sample.meta.get("split") or "train") if isinstance(sample.meta, dict) \
+            else "train"
+        split = split.replace("/", "_").replace("\\", "_") or "train"
+        if split not in splits:
+            splits.append(split)
+            (root / "images" / split).mkdir(parents=True, exist_ok=True)
+            (root / "labels" / split).mkdir(parents=True, exist_ok=True)
+        place_image(sample, root / "images" / split / name, images)
+        stem = os.path.splitext(name)[0]
+        (root / "labels" / split / f"{stem}.txt").write_text(_label_text(sample),
+                                                             encoding="utf-8")
+    if not splits:
+        splits = ["train"]
+        (root / "images" / "train").mkdir(parents=True, exist_ok=True)
+        (root / "labels" / "train").mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {}
+    for s in splits:
+        doc[s] = f"images/{s}"
+    if "val" not in doc:
+        doc["val"] = doc.get("train", f"images/{splits[0]}")
+    if "train" not in doc:
+        doc["train"] = f"images/{splits[0]}"
+    doc["nc"] = len(ds.class_names)
+    doc["names"] = {i: n for i, n in enumerate(ds.class_names)}
+    (root / "data.yaml").write_text(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True),
+                                    encoding="utf-8")
+
+
+__all__ = ["read_yolo", "write_yolo", "is_yolo", "find_yaml"]
