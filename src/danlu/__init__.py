@@ -20,6 +20,8 @@ _LAZY = {
     "load_dataset": "danlu.data.io",
     "save_dataset": "danlu.data.io",
     "evaluate": "danlu.evaluate.api",
+    "train": "danlu.train.api",
+    "Predictor": "danlu.infer.predictor",
 }
 
 
@@ -31,6 +33,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "Detections", "Sample", "Dataset", "load_dataset", "save_dataset", "evaluate",
+    "Detections", "Sample", "Dataset", "load_dataset", "save_dataset", "evaluate", "train",
+    "Predictor",
     "DanluError", "DatasetError", "ConfigError", "ModelError", "ServeError", "__version__",
 ]

@@ -5,9 +5,14 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.markup import escape
 
 from danlu import __version__
-from danlu.cli import bench, doctor
+from danlu.cli import bench, data, doctor
+from danlu.cli import demo as demo_cli
+from danlu.cli import eval as eval_cli
+from danlu.cli import predict as predict_cli
+from danlu.cli import train as train_cli
 from danlu.cli._common import console, set_quiet
 from danlu.errors import DanluError
 
@@ -40,6 +45,11 @@ def _root(
 
 
 doctor.register(app)
+data.register(app)
+train_cli.register(app)
+predict_cli.register(app)
+demo_cli.register(app)
+eval_cli.register(app)
 bench.register(app)
 
 
@@ -58,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except DanluError as e:
         if debug:
             console.print_exception()
-        console.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        console.print(f"[bold red]error:[/] {escape(e.message)}", highlight=False, soft_wrap=True)
         if e.hint:
-            console.print(f"hint: {e.hint}", highlight=False)
+            console.print(f"hint: {escape(e.hint)}", highlight=False, soft_wrap=True)
         return 2
     return 0
 

@@ -1,0 +1,115 @@
+"""``danlu eval``: score predictions against ground truth (COCO, VOC07/12, DOTA task 1/2)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from danlu.cli._common import console, info, print_json
+from danlu.errors import ConfigError
+
+_PROTOCOLS = ("coco", "voc07", "voc12", "dota", "dota-hbb")
+
+
+def _fmt(v: float) -> str:
+    return "—" if v is None or math.isnan(v) else f"{v:.4f}"
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("eval")
+    def eval_command(
+        gt: Path = typer.Option(..., "--gt", help="Ground truth: a dataset folder in any format "
+                                "(voc, coco, yolo, dota) or a COCO instances JSON file."),
+        pred: Path = typer.Option(..., "--pred", help="Predictions: a COCO results JSON, a "
+                                  "folder of YOLO txt files, or any dataset danlu writes."),
+        protocol: str = typer.Option("coco", "--protocol", "-p",
+                                     help="coco | voc07 | voc12 | dota | dota-hbb."),
+        iou: float = typer.Option(None, "--iou", help="Match IoU for voc/dota (default 0.5); "
+                                  "for coco: evaluate at this one IoU instead of .50:.95."),
+        match: str = typer.Option(None, "--match", help="voc/dota threshold rule: '>=' (VOC "
+                                  "devkit, voc default) or '>' (py-faster-rcnn, DOTA_devkit)."),
+        max_dets: str = typer.Option("1,10,100", "--max-dets",
+                                     help="coco: detections per image, comma-separated."),
+        all_point: bool = typer.Option(False, "--all-point",
+                                       help="dota: all-point AP instead of VOC07 11-point."),
+        gt_format: str = typer.Option(None, "--gt-format", help="Ground-truth format "
+                                      "(detected when omitted)."),
+        pred_format: str = typer.Option(None, "--pred-format", help="Predictions format "
+                                        "(detected when omitted)."),
+        report: Path = typer.Option(None, "--report", help="Write an HTML report, PR curves, "
+                                    "confusion matrix and error gallery into this folder."),
+        score: float = typer.Option(0.25, "--score", help="Report: score threshold of the "
+                                    "confusion matrix and gallery."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document: 'stats' "
+                                     "(COCO: the 12 numbers in pycocotools' order), the named "
+                                     "metrics beside it, per-class AP."),
+    ) -> None:
+        """Evaluate predictions against ground truth and print the metrics.
+
+        Example: danlu eval --gt data/coco/instances_val.json --pred preds.json --json
+        """
+        from danlu.data.io import load_dataset, load_predictions
+        from danlu.evaluate import evaluate
+
+        if protocol not in _PROTOCOLS:
+            raise ConfigError(f"unknown protocol {protocol!r}",
+                              hint="choose one of " + ", ".join(_PROTOCOLS))
+        options: dict = {}
+        if protocol == "coco":
+            try:
+                options["max_dets"] = [int(v) for v in max_dets.split(",") if v.strip()]
+            except ValueError as e:
+                raise ConfigError(f"--max-dets: {max_dets!r} is not a list of integers") from e
+            if len(options["max_dets"]) != 3:
+                raise ConfigError("--max-dets needs three numbers, e.g. 1,10,100")
+            if iou is not None:
+                options["iou_thresholds"] = [iou]
+            if match is not None:
+                raise ConfigError("--match applies to voc and dota protocols only")
+        else:
+            if iou is not None:
+                options["iou"] = iou
+            if match is not None:
+                options["match"] = match
+            if protocol.startswith("dota"):
+                options["eleven_point"] = not all_point
+        info(f"reading ground truth {gt}")
+        gt_ds = load_dataset(gt, gt_format, check_images=report is not None)
+        info(f"reading predictions {pred}")
+        preds = load_predictions(pred, gt_ds, pred_format)
+        result = evaluate(gt_ds, preds, protocol=protocol, **options)
+        report_path = None
+        if report is not None:
+            from danlu.evaluate.report import write_report
+
+            report_path = write_report(result, gt_ds, preds, report,
+                                       iou=iou if iou is not None else 0.5, score=score)
+        if as_json:
+            doc = result.to_dict()
+            if report_path is not None:
+                doc["report"] = str(report_path)
+            print_json(doc)
+            return
+        _print_tables(result)
+        if report_path is not None:
+            console.print(f"report: {report_path}")
+
+
+def _print_tables(result) -> None:  # noqa: ANN001 - an EvalResult
+    table = Table(title=f"danlu eval — {result.protocol}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in result.metrics.items():
+        table.add_row(k, _fmt(v))
+    console.print(table)
+    per_class = Table(title="per-class AP")
+    per_class.add_column("class")
+    per_class.add_column("AP", justify="right")
+    per_class.add_column("GT", justify="right")
+    for name in result.class_names:
+        per_class.add_row(name, _fmt(result.per_class.get(name, math.nan)),
+                          str(result.num_gt.get(name, 0)))
+    console.print(per_class)
