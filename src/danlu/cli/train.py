@@ -1,0 +1,156 @@
+"""``danlu train``: a thin wrapper over :func:`danlu.train.api.train`.
+
+Every option mirrors a :class:`~danlu.train.config.TrainConfig` field; ``--config run.yaml``
+holds the same keys, and options given on the command line win over the file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from danlu.cli import _common
+from danlu.cli._common import info, print_json, show_progress
+from danlu.train.config import TrainConfig, load_yaml
+
+_D = TrainConfig()
+
+
+def _explicit(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
+    """The options the user gave on the command line (or through the environment)."""
+    from typer._click.core import ParameterSource
+
+    given = {}
+    for name, value in values.items():
+        source = ctx.get_parameter_source(name)
+        if source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT):
+            given[name] = value
+    return given
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("train")
+    def train_cmd(
+        ctx: typer.Context,
+        data: str = typer.Option(None, "--data", help="Training dataset (VOC/COCO/YOLO/DOTA "
+                                 "folder or file, or a .pack file)."),
+        data_format: str = typer.Option(None, "--data-format", help="voc, coco, yolo or dota "
+                                        "(default: detected)."),
+        model: str = typer.Option(_D.model, "--model", help="Model name (danlu.models)."),
+        weights: str = typer.Option(None, "--weights", help="Initial weights for the model "
+                                    "builder."),
+        epochs: int = typer.Option(_D.epochs, "--epochs", help="Passes over the data."),
+        device: str = typer.Option(_D.device, "--device", help="auto (cuda > mps > cpu), cpu, "
+                                   "cuda, cuda:N, mps."),
+        batch: int = typer.Option(_D.batch, "--batch", help="Images per step."),
+        img_size: int = typer.Option(_D.img_size, "--img-size", help="Input side in pixels."),
+        resize: str = typer.Option(_D.resize, "--resize", help="letterbox or resize (stretch)."),
+        optimizer: str = typer.Option(_D.optimizer, "--optimizer", help="adamw or sgd."),
+        lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate."),
+        momentum: float = typer.Option(_D.momentum, "--momentum", help="SGD momentum."),
+        weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay"),
+        warmup_epochs: float = typer.Option(_D.warmup_epochs, "--warmup-epochs"),
+        schedule: str = typer.Option(_D.schedule, "--schedule", help="cosine, step or "
+                                     "constant (after warmup)."),
+        min_lr_ratio: float = typer.Option(_D.min_lr_ratio, "--min-lr-ratio",
+                                           help="Cosine ends at lr * this."),
+        step_milestones: str = typer.Option(",".join(map(str, _D.step_milestones)),
+                                            "--step-milestones",
+                                            help="Step schedule: fractions of the run."),
+        step_gamma: float = typer.Option(_D.step_gamma, "--step-gamma"),
+        grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Max gradient norm "
+                                        "(0: off)."),
+        workers: int = typer.Option(_D.workers, "--workers", help="DataLoader processes."),
+        name: str = typer.Option(None, "--name", help="Run name (default exp, exp2, ...)."),
+        project: str = typer.Option(_D.project, "--project", help="Folder of runs."),
+        resume: str = typer.Option(None, "--resume", help="Continue runs/NAME exactly."),
+        time: float = typer.Option(None, "--time", help="Training time budget in minutes."),
+        seed: int = typer.Option(_D.seed, "--seed"),
+        deterministic: bool = typer.Option(_D.deterministic, "--deterministic/"
+                                           "--no-deterministic",
+                                           help="Reproducible algorithms."),
+        ema: bool = typer.Option(_D.ema, "--ema/--no-ema", help="Average the weights."),
+        ema_decay: float = typer.Option(_D.ema_decay, "--ema-decay"),
+        ema_tau: float = typer.Option(_D.ema_tau, "--ema-tau"),
+        amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="Mixed precision on CUDA."),
+        patience: int = typer.Option(_D.patience, "--patience", help="Stop after N evaluations "
+                                     "without a better val AP (0: never)."),
+        val: str = typer.Option(None, "--val", help="Validation dataset."),
+        val_split: float = typer.Option(_D.val_split, "--val-split", help="Fraction of --data "
+                                        "held out for validation when no --val."),
+        augment: str = typer.Option(_D.augment, "--augment", help="flips, default or none."),
+        eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N "
+                                       "epochs."),
+        save_every_steps: int = typer.Option(_D.save_every_steps, "--save-every-steps",
+                                             help="Also write last.pt every N steps."),
+        score_threshold: float = typer.Option(_D.score_threshold, "--score-threshold"),
+        max_steps: int = typer.Option(_D.max_steps, "--max-steps", help="Stop after N steps "
+                                      "(0: no limit)."),
+        plots: bool = typer.Option(_D.plots, "--plots/--no-plots"),
+        final_eval: bool = typer.Option(_D.final_eval, "--final-eval/--no-final-eval",
+                                        help="Evaluate best.pt into eval/ at the end."),
+        ohem: bool = typer.Option(_D.ohem, "--ohem/--no-ohem", help="Online hard example "
+                                  "mining (Faster R-CNN RoIs; RetinaNet negatives)."),
+        ohem_batch: int = typer.Option(_D.ohem_batch, "--ohem-batch", help="OHEM: RoIs "
+                                       "back-propagated per image."),
+        ohem_nms: bool = typer.Option(_D.ohem_nms, "--ohem-nms/--no-ohem-nms",
+                                      help="OHEM: NMS over the loss-ranked RoIs."),
+        ohem_nms_iou: float = typer.Option(_D.ohem_nms_iou, "--ohem-nms-iou",
+                                           help="OHEM: that NMS's IoU threshold."),
+        ohem_neg_ratio: float = typer.Option(_D.ohem_neg_ratio, "--ohem-neg-ratio",
+                                             help="OHEM for RetinaNet: negatives per "
+                                             "positive."),
+        soft_sampling: str = typer.Option(None, "--soft-sampling", help="Down-weight "
+                                          "background far from labelled boxes: '0.5', "
+                                          "'0:0.25,0.5:1' or 'gompertz'."),
+        distributed: bool = typer.Option(_D.distributed, "--distributed/--no-distributed",
+                                         help="DDP over the processes torchrun started "
+                                         "(--batch is the global batch)."),
+        sync_bn: bool = typer.Option(_D.sync_bn, "--sync-bn/--no-sync-bn",
+                                     help="DDP on CUDA: synchronise BatchNorm."),
+        config: Path = typer.Option(None, "--config", help="YAML file of these options."),
+        exist_ok: bool = typer.Option(False, "--exist-ok", help="Reuse an existing run "
+                                      "folder (its run files are replaced)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+    ) -> None:
+        """Train a detector; the run lands in PROJECT/NAME (config.yaml, results.csv, last.pt,
+        best.pt, plots/, eval/, history.jsonl, TensorBoard events).
+
+        Example: danlu train --data data/shapes --model fcos-tiny --epochs 10 --name shapes
+        """
+        from danlu.train.api import train
+
+        values = {k: v for k, v in locals().items()
+                  if k not in ("ctx", "config", "exist_ok", "as_json", "train")}
+        given = _explicit(ctx, values)
+        if "step_milestones" in given:
+            given["step_milestones"] = _floats(given["step_milestones"], "--step-milestones")
+        run_kwargs = {"progress": show_progress(), "verbose": not _common._quiet["on"]}
+        if resume:
+            given.pop("resume")
+            result = train(resume=resume, **given, **run_kwargs)
+        else:
+            file_values = load_yaml(config) if config is not None else {}
+            cfg = TrainConfig.from_dict(file_values, source=str(config)).merged(given) \
+                if config is not None else TrainConfig.from_dict(given, source="options")
+            if not cfg.data:
+                from danlu.errors import ConfigError
+
+                raise ConfigError("no training data", hint="pass --data PATH (or data: in "
+                                  "--config)")
+            result = train(config=cfg, exist_ok=exist_ok, **run_kwargs)
+        if as_json:
+            print_json(result.to_dict())
+        else:
+            info(f"best: {result.best}\nlast: {result.last}")
+
+
+def _floats(text: str, option: str) -> list[float]:
+    from danlu.errors import ConfigError
+
+    try:
+        return [float(x) for x in str(text).split(",") if x.strip()]
+    except ValueError as e:
+        raise ConfigError(f"{option}: expected comma-separated numbers, got {text!r}") from e

@@ -1,0 +1,276 @@
+"""The Predictor: a trained detector as a function from images to :class:`Detections`.
+
+``Predictor(path)`` needs nothing but a danlu checkpoint (``best.pt`` / ``last.pt`` or a run
+folder): the checkpoint holds the model config, the class names and the input size. Images are
+resized exactly as in training (letterbox to ``img_size``) and boxes are scaled back to each
+original image.
+
+Example:
+    >>> from danlu import Predictor                                      # doctest: +SKIP
+    >>> p = Predictor("runs/exp/best.pt", device="auto")                  # doctest: +SKIP
+    >>> det = p.predict("image.jpg")          # Detections in the image's pixels  # doctest: +SKIP
+    >>> [p.class_names[i] for i in det.labels], det.scores                # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from danlu.errors import DatasetError, ModelError
+from danlu.structures import Dataset, Detections, Sample
+from danlu.train.data import resize_image, unscale_detections
+from danlu.train.device import resolve_device
+
+ImageInput = str | Path | bytes | np.ndarray | torch.Tensor | Sample | Any
+
+
+def build_model_from_checkpoint(ckpt: dict[str, Any], *, weights: str = "model") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights (``model`` = the weights
+    to predict with, EMA when EMA was on)."""
+    from danlu.models import build_model
+
+    config = dict(ckpt["model_config"])
+    config["weights"] = None  # the checkpoint carries the weights; never fetch pretrained ones
+    try:
+        model = build_model(**config)
+    except TypeError as e:
+        raise ModelError(f"cannot rebuild model from checkpoint config {config}: {e}") from e
+    state = ckpt["model"] if weights == "model" else ckpt["train"][weights]
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelError(f"checkpoint weights do not fit model {config.get('name')!r}: "
+                         f"{str(e).splitlines()[0]}") from e
+    return model
+
+
+def score_threshold_holder(model: nn.Module) -> Any:
+    """The module whose ``score_thresh`` filters a torchvision detector's output (the model
+    itself, a danlu ``Detector``'s ``.model``, or Faster R-CNN's ``roi_heads``), or None."""
+    for candidate in (model, getattr(model, "model", None)):
+        if candidate is None:
+            continue
+        if isinstance(getattr(candidate, "score_thresh", None), (int, float)):
+            return candidate
+        heads = getattr(candidate, "roi_heads", None)
+        if heads is not None and isinstance(getattr(heads, "score_thresh", None), (int, float)):
+            return heads
+    return None
+
+
+def to_rgb_array(image: ImageInput) -> np.ndarray:
+    """Any supported image input -> ``HxWx3`` uint8 RGB array.
+
+    Accepts a path, encoded bytes, an ``HxW(x3|4)`` uint8 array (float arrays in [0, 1] are
+    scaled), a ``[3, H, W]`` tensor (uint8, or float in [0, 1]), a PIL image or a
+    :class:`Sample`.
+    """
+    if isinstance(image, Sample):
+        return image.load_image()
+    if isinstance(image, (str, Path, bytes)):
+        return Sample(image, 0, 0).load_image()
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if t.ndim == 3 and t.shape[0] in (1, 3, 4):
+            t = t.permute(1, 2, 0)
+        image = t.numpy()
+    if hasattr(image, "convert") and hasattr(image, "size"):  # PIL image
+        image = np.asarray(image.convert("RGB"))
+    if not isinstance(image, np.ndarray):
+        raise DatasetError(f"cannot read an image from a {type(image).__name__}")
+    if image.dtype != np.uint8:
+        image = np.clip(np.asarray(image, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise DatasetError(f"expected an HxWx3 image, got shape {image.shape}")
+    if image.shape[2] == 1:
+        image = np.repeat(image, 3, axis=2)
+    return image[:, :, :3]
+
+
+class Predictor:
+    """Run a detector on images; boxes come back in each input image's pixels.
+
+    Args:
+        model: a checkpoint path (``.pt`` file or run folder), or a live ``nn.Module``
+            (a torchvision-style detector: eval mode returns ``boxes/labels/scores`` dicts).
+        device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda`` ...
+        score_threshold: drop detections scoring below this.
+        class_names / img_size / resize: needed only with a live module (a checkpoint has them).
+        batch_size: images per forward pass.
+        amp: float16 autocast on CUDA (off by default: boxes are decoded at full precision).
+    """
+
+    def __init__(self, model: str | Path | nn.Module, device: str | torch.device = "auto",
+                 score_threshold: float = 0.05, *, class_names: Sequence[str] | None = None,
+                 img_size: int | None = None, resize: str = "letterbox", batch_size: int = 8,
+                 amp: bool = False) -> None:
+        self.device = resolve_device(device)
+        self.score_threshold = float(score_threshold)
+        self.batch_size = int(batch_size)
+        self.checkpoint_path: Path | None = None
+        if isinstance(model, nn.Module):
+            if img_size is None:
+                raise ModelError("Predictor(module) needs img_size (a checkpoint carries it)")
+            self.model = model
+            self.class_names = list(class_names) if class_names is not None else []
+            self.img_size = int(img_size)
+            self.resize = resize
+            self.model_config: dict[str, Any] = {}
+        else:
+            from danlu.train.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(model)
+            self.checkpoint_path = Path(model)
+            self.model = build_model_from_checkpoint(ckpt)
+            self.class_names = list(ckpt["class_names"])
+            self.img_size = int(ckpt["img_size"])
+            self.resize = str(ckpt.get("resize", "letterbox"))
+            self.model_config = dict(ckpt["model_config"])
+        self.model.to(self.device)
+        self.amp = bool(amp)
+
+    # -- core ------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _eval_mode(self, score_threshold: float) -> Iterator[None]:
+        """Eval mode and the model's own score threshold at most ours, restored afterwards."""
+        was_training = self.model.training
+        holder = score_threshold_holder(self.model)
+        old = None if holder is None else holder.score_thresh
+        self.model.eval()
+        if holder is not None:
+            holder.score_thresh = min(float(old), score_threshold)
+        try:
+            yield
+        finally:
+            if holder is not None:
+                holder.score_thresh = old
+            self.model.train(was_training)
+
+    @torch.inference_mode()
+    def predict_tensor(self, images: torch.Tensor, score_threshold: float | None = None
+                       ) -> list[Detections]:
+        """``uint8 [B,3,S,S]`` already-resized images -> detections in the resized frame."""
+        thr = self.score_threshold if score_threshold is None else float(score_threshold)
+        x = images.to(self.device, non_blocking=True).float().div_(255.0)
+        autocast = (torch.autocast("cuda", dtype=torch.float16)
+                    if self.amp and self.device.type == "cuda" else contextlib.nullcontext())
+        with self._eval_mode(thr), autocast:
+            outputs = self.model(list(x))
+        dets = []
+        for out in outputs:
+            d = Detections(out["boxes"].float(), out["labels"], scores=out["scores"].float())
+            dets.append(d.filter(min_score=thr))
+        return dets
+
+    def _predict_arrays(self, arrays: Iterable[np.ndarray], score_threshold: float | None,
+                        batch_size: int | None) -> Iterator[Detections]:
+        bs = self.batch_size if batch_size is None else int(batch_size)
+        chunk: list[tuple[torch.Tensor, float, float, int, int]] = []
+
+        def flush() -> list[Detections]:
+            dets = self.predict_tensor(torch.stack([c[0] for c in chunk]), score_threshold)
+            out = [unscale_detections(d, sx, sy, w, h)
+                   for d, (_, sx, sy, h, w) in zip(dets, chunk, strict=True)]
+            chunk.clear()
+            return out
+
+        for arr in arrays:
+            tensor, sx, sy = resize_image(arr, self.img_size, self.resize)
+            chunk.append((tensor, sx, sy, arr.shape[0], arr.shape[1]))
+            if len(chunk) >= bs:
+                yield from flush()
+        if chunk:
+            yield from flush()
+
+    # -- public -----------------------------------------------------------------------------------
+    def predict(self, images: ImageInput | Sequence[ImageInput], *,
+                score_threshold: float | None = None, batch_size: int | None = None
+                ) -> Detections | list[Detections]:
+        """Detect objects in one image (returns :class:`Detections`) or a list of images
+        (returns a list). Boxes are in each original image's pixel coordinates."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        dets = list(self._predict_arrays((to_rgb_array(im) for im in items),
+                                         score_threshold, batch_size))
+        return dets[0] if single else dets
+
+    def predict_dataset(self, ds: Dataset, *, score_threshold: float | None = None,
+                        batch_size: int | None = None,
+                        progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None
+                        ) -> list[Detections]:
+        """Detections for every sample of ``ds``, in order (for :func:`danlu.evaluate`)."""
+        samples: Iterable[Sample] = ds.samples
+        if progress is not None:
+            samples = progress(samples)
+        return list(self._predict_arrays((s.load_image() for s in samples),
+                                         score_threshold, batch_size))
+
+    def predictions_dataset(self, ds: Dataset, **kwargs: Any) -> Dataset:
+        """``ds`` with each sample's detections replaced by predictions."""
+        dets = self.predict_dataset(ds, **kwargs)
+        samples = [Sample(s.image, s.width, s.height, d, id=s.id, meta=dict(s.meta))
+                   for s, d in zip(ds.samples, dets, strict=True)]
+        return Dataset(samples, ds.class_names, dict(ds.meta))
+
+    def __repr__(self) -> str:
+        name = self.model_config.get("name", type(self.model).__name__)
+        return (f"Predictor({name!r}, classes={len(self.class_names)}, "
+                f"img_size={self.img_size}, device={self.device})")
+
+
+def predict_files(checkpoint: str | Path, paths: Sequence[str | Path], out: str | Path, *,
+                  device: str = "auto", score_threshold: float = 0.25, batch_size: int = 8,
+                  draw: bool = True,
+                  progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None
+                  ) -> dict[str, Any]:
+    """Predict image files with a checkpoint; write ``out/predictions.json`` (returned as a
+    dict: ``class_names``, ``checkpoint``, ``images`` with ``path``, ``width``, ``height`` and
+    ``detections`` in image pixels) and, with ``draw``, ``out/images/<stem>.png``."""
+    import orjson
+
+    from danlu.data._atomic import write_bytes_atomic
+
+    predictor = Predictor(checkpoint, device=device, score_threshold=score_threshold,
+                          batch_size=batch_size)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [Path(p) for p in paths]
+    items: Iterable[Path] = progress(paths) if progress is not None else paths
+    records: list[dict[str, Any]] = []
+    used: set[str] = set()
+    for path in items:
+        image = to_rgb_array(path)
+        det = predictor.predict(image)
+        records.append({"path": str(path), "width": int(image.shape[1]),
+                        "height": int(image.shape[0]), "detections": det.to_dict()})
+        if draw:
+            from PIL import Image
+
+            from danlu.data.show import draw_detections
+
+            stem = path.stem
+            name, k = stem, 1
+            while name in used:
+                k += 1
+                name = f"{stem}_{k}"
+            used.add(name)
+            (out / "images").mkdir(exist_ok=True)
+            Image.fromarray(draw_detections(image, det, predictor.class_names)).save(
+                out / "images" / f"{name}.png")
+    doc = {"class_names": predictor.class_names, "checkpoint": str(checkpoint),
+           "score_threshold": score_threshold, "images": records}
+    write_bytes_atomic(out / "predictions.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    return doc
+
+
+__all__ = ["Predictor", "build_model_from_checkpoint", "to_rgb_array", "predict_files",
+           "score_threshold_holder"]

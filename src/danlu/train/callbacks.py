@@ -1,0 +1,325 @@
+"""Callbacks: what happens around the loop without changing it.
+
+Subclass :class:`Callback` and pass instances to :func:`danlu.train` / :class:`Trainer`. Every
+hook receives the trainer (its ``epoch``, ``step``, ``model``, ``ema``, ``metrics``, ``run_dir``
+...). ``trainer.request_stop(reason)`` ends training after the current step; ``state_dict`` /
+``load_state_dict`` carry a callback's state through ``last.pt``.
+
+Built in (added by :func:`default_callbacks`): a rich progress bar, a one-line summary per epoch,
+``results.csv``, TensorBoard events (when ``torch.utils.tensorboard`` can be imported), early
+stopping on val AP, the time budget, and plots at the end.
+
+Example:
+    >>> class PrintLoss(Callback):
+    ...     def on_step(self, trainer, logs):
+    ...         if trainer.step % 100 == 0:
+    ...             print(trainer.step, logs["loss"])
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from danlu.train.trainer import Trainer, TrainResult
+
+
+class Callback:
+    """Hooks called by :class:`~danlu.train.trainer.Trainer`; all do nothing by default."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """After set-up (and resume), before the first step."""
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        """Before the first batch of an epoch (``trainer.batch_in_epoch`` > 0 when resumed)."""
+
+    def on_step(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        """After every optimizer step; ``logs`` holds the losses and ``lr``."""
+
+    def on_eval(self, trainer: Trainer, result: Any) -> None:
+        """After a validation (``result`` is an :class:`~danlu.evaluate.result.EvalResult`)."""
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        """After an epoch and its validation; ``row`` is the ``results.csv`` row. Called before
+        ``last.pt`` is written, with ``trainer.epoch`` still the 0-based index of this epoch."""
+
+    def on_checkpoint(self, trainer: Trainer, path: Path) -> None:
+        """After ``last.pt`` or ``best.pt`` was written."""
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        """After the final evaluation."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Resumable state (checkpoint-safe values), or None."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+
+# -- progress and console ---------------------------------------------------------------------
+class ProgressBar(Callback):
+    """A rich progress bar per epoch on stderr: loss, lr, it/s, ETA."""
+
+    def __init__(self) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e}"),
+            _SpeedColumn(),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            console=Console(stderr=True), transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task(
+            "train", total=trainer.batches_per_epoch, completed=trainer.batch_in_epoch,
+            epoch=f"{trainer.epoch + 1}/{trainer.total_epochs}", loss=float("nan"), lr=0.0)
+
+    def on_step(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self._progress is not None:
+            self._progress.update(self._task, advance=1, loss=logs["loss"], lr=logs["lr"])
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        self._stop()
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def _speed_column_class() -> type:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class SpeedColumn(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text("-- it/s" if speed is None else f"{speed:.2f} it/s")
+
+    return SpeedColumn
+
+
+def _SpeedColumn() -> Any:  # noqa: N802 - a column factory, used like a class
+    return _speed_column_class()()
+
+
+class ConsoleSummary(Callback):
+    """One line per epoch on stderr: epoch, mean loss, lr, val AP50/AP, time."""
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        what = "resuming" if trainer.resume_from is not None else "training"
+        _err(f"{what} {trainer.model_config.get('name', '?')} on {trainer.device}: "
+             f"{len(trainer.train_data)} images, {trainer.batches_per_epoch} batches/epoch, "
+             f"{trainer.total_epochs} epochs -> {trainer.run_dir}")
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        ap = ("" if _nan(row.get("AP")) else
+              f"  val AP50 {row['AP50']:.3f} AP {row['AP']:.3f}")
+        _err(f"epoch {row['epoch']}/{trainer.total_epochs}  loss {row.get('loss', math.nan):.4f}"
+             f"  lr {row['lr']:.2e}{ap}  {row['epoch_time']:.1f}s")
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        m = result.metrics
+        tail = f", best.pt val AP50 {m['AP50']:.3f} AP {m['AP']:.3f}" if m else ""
+        _err(f"done ({result.stop_reason}) after {result.epochs} epochs, {result.steps} steps"
+             f"{tail}: {trainer.run_dir}")
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _nan(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+# -- files ------------------------------------------------------------------------------------
+class CSVLogger(Callback):
+    """``results.csv``: one row per epoch (epoch, losses, lr, AP50, AP, epoch_time, elapsed).
+
+    On resume, rows of epochs the checkpoint had not finished are dropped first.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if not trainer.is_main:
+            return
+        if trainer.resume_from is None:
+            self.path.unlink(missing_ok=True)
+            return
+        rows = read_results(self.path)
+        kept = [r for r in rows if int(float(r["epoch"])) <= trainer.epoch]
+        if len(kept) != len(rows):
+            self._write(kept, list(rows[0].keys()) if rows else [])
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if not trainer.is_main:
+            return
+        rows = read_results(self.path)
+        fields = list(rows[0].keys()) if rows else []
+        for k in row:
+            if k not in fields:
+                fields.append(k)
+        self._write([*rows, {k: _fmt(v) for k, v in row.items()}], fields)
+
+    def _write(self, rows: list[dict[str, Any]], fields: list[str]) -> None:
+        from danlu.data._atomic import atomic_open
+
+        with atomic_open(self.path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=fields, restval="")
+            w.writeheader()
+            w.writerows(rows)
+
+
+def _fmt(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6g}"
+    return v
+
+
+def read_results(path: str | Path) -> list[dict[str, str]]:
+    """The rows of a ``results.csv`` (empty when absent)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+class TensorBoardLogger(Callback):
+    """TensorBoard events in the run folder, when ``torch.utils.tensorboard`` imports
+    (it needs the ``tensorboard`` package). Otherwise it notes that in ``history.jsonl``."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = Path(log_dir)
+        self.writer: Any = None
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        if not trainer.is_main:
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            trainer.event("tensorboard_unavailable",
+                          hint="pip install tensorboard to get events.* files")
+            return
+        self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=trainer.step or None)
+
+    def on_step(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if self.writer is not None and trainer.step % 10 == 0:
+            for k, v in logs.items():
+                self.writer.add_scalar(f"train/{k}", v, trainer.step)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if self.writer is None:
+            return
+        for k in ("AP", "AP50"):
+            if not _nan(row.get(k)):
+                self.writer.add_scalar(f"val/{k}", row[k], trainer.step)
+        self.writer.flush()
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+class Plots(Callback):
+    """At the end: ``plots/loss.png`` (loss curves and val AP), and from the evaluation of
+    ``best.pt``: ``plots/pr_curves.png`` and ``plots/per_class_ap.png``."""
+
+    def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
+        if not trainer.is_main:
+            return
+        from danlu.evaluate.report import plot_pr_curves
+        from danlu.train.report import plot_losses, plot_per_class_ap
+
+        plots = trainer.run_dir / "plots"
+        plot_losses(trainer.run_dir / "results.csv", plots / "loss.png")
+        if trainer.last_eval is not None:
+            plot_pr_curves(trainer.last_eval, plots / "pr_curves.png")
+            plot_per_class_ap(trainer.last_eval, plots / "per_class_ap.png")
+
+
+# -- control ------------------------------------------------------------------------------------
+class EarlyStopping(Callback):
+    """Stop when val AP has not improved for ``patience`` evaluations (trainer counts them)."""
+
+    def __init__(self, patience: int) -> None:
+        self.patience = int(patience)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if self.patience and trainer.bad_epochs >= self.patience:
+            trainer.event("early_stopping", patience=self.patience, best=trainer.best_fitness)
+            trainer.request_stop("early_stopping")
+
+
+class TimeBudget(Callback):
+    """Stop when ``minutes`` of training are spent; after each epoch, shorten the run (and its
+    learning-rate schedule) to the epochs that still fit."""
+
+    def __init__(self, minutes: float) -> None:
+        self.budget = float(minutes) * 60.0
+
+    def on_step(self, trainer: Trainer, logs: dict[str, float]) -> None:
+        if trainer.elapsed_now() >= self.budget:
+            trainer.request_stop("time")
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if trainer.stop_reason is not None:
+            return
+        done = trainer.epoch + 1
+        remaining = self.budget - trainer.elapsed_now()
+        fits = int(remaining // max(float(row["epoch_time"]), 1e-6))
+        new_total = max(min(trainer.config.epochs, done + fits), done)
+        if new_total < trainer.total_epochs:
+            trainer.event("time_budget", epochs=new_total, was=trainer.total_epochs,
+                          epoch_seconds=row["epoch_time"], remaining=remaining)
+            trainer.total_epochs = new_total
+            trainer.schedule.total_steps = max(new_total * trainer.batches_per_epoch,
+                                               trainer.step + 1)
+
+
+def default_callbacks(trainer: Trainer) -> list[Callback]:
+    """The built-in callbacks for a trainer's config."""
+    cfg = trainer.config
+    cbs: list[Callback] = []
+    show = trainer.progress if trainer.progress is not None else sys.stderr.isatty()
+    if show and trainer.is_main:
+        cbs.append(ProgressBar())
+    if trainer.verbose and trainer.is_main:
+        cbs.append(ConsoleSummary())
+    cbs.append(EarlyStopping(cfg.patience))
+    if cfg.time:
+        cbs.append(TimeBudget(cfg.time))
+    cbs.append(CSVLogger(trainer.run_dir / "results.csv"))
+    cbs.append(TensorBoardLogger(trainer.run_dir))
+    if cfg.plots:
+        cbs.append(Plots())
+    return cbs
+
+
+__all__ = ["Callback", "ProgressBar", "ConsoleSummary", "CSVLogger", "TensorBoardLogger",
+           "Plots", "EarlyStopping", "TimeBudget", "default_callbacks", "read_results"]

@@ -1,0 +1,153 @@
+"""Plots and the evaluation folder of a run: loss curves, per-class AP, ``eval/``
+(PR curves come from :mod:`danlu.evaluate.report`).
+
+Example:
+    >>> from danlu.train.report import plot_losses                        # doctest: +SKIP
+    >>> plot_losses("runs/exp/results.csv", "runs/exp/plots/loss.png")   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from danlu.structures import Dataset, Detections
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> None:
+    from danlu.data._atomic import atomic_open
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
+    _pyplot().close(fig)
+
+
+def plot_losses(results_csv: str | Path, out: str | Path) -> Path | None:
+    """Training losses per epoch (left) and val AP50 / AP (right) from ``results.csv``."""
+    from danlu.train.callbacks import read_results
+
+    rows = read_results(results_csv)
+    if not rows:
+        return None
+    plt = _pyplot()
+    epochs = [float(r["epoch"]) for r in rows]
+
+    def col(name: str) -> list[float]:
+        return [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
+
+    loss_names = [k for k in rows[0] if k == "loss" or (k not in (
+        "epoch", "lr", "AP", "AP50", "epoch_time", "elapsed") and not k.startswith("val"))]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for k in loss_names:
+        a.plot(epochs, col(k), marker="o", ms=3, label=k, lw=2 if k == "loss" else 1)
+    a.set_xlabel("epoch")
+    a.set_ylabel("training loss")
+    a.legend(fontsize=8)
+    a.grid(alpha=0.3)
+    for k in ("AP50", "AP"):
+        if k in rows[0]:
+            b.plot(epochs, col(k), marker="o", ms=3, label=f"val {k}")
+    b.set_xlabel("epoch")
+    b.set_ylim(0, 1)
+    b.legend(fontsize=8)
+    b.grid(alpha=0.3)
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def plot_per_class_ap(result: Any, out: str | Path) -> Path | None:
+    """A bar per class: AP@[.5:.95] (COCO) or AP."""
+    per_class = getattr(result, "per_class", None) or {}
+    if not per_class:
+        return None
+    plt = _pyplot()
+    names = list(per_class)
+    values = [0.0 if v is None or math.isnan(v) else float(v) for v in per_class.values()]
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.6))
+    ax.bar(range(len(names)), values, color="#4c72b0")
+    ax.set_xticks(range(len(names)), names, rotation=45 if len(names) > 6 else 0, ha="right"
+                  if len(names) > 6 else "center")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("AP")
+    ax.set_title("per-class AP")
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=8)
+    _save(fig, Path(out))
+    return Path(out)
+
+
+def write_evaluation(checkpoint: str | Path, gt: Dataset, out_dir: str | Path, *,
+                     device: Any = "auto", score_threshold: float = 0.05,
+                     predictions: list[Detections] | None = None) -> Any:
+    """Load ``checkpoint`` as a user would (:class:`~danlu.infer.predictor.Predictor`), predict
+    ``gt``'s images, evaluate (COCO) and write ``out_dir`` with
+    :func:`danlu.evaluate.report.write_report` (``metrics.json``, ``pr_curves.png``,
+    ``confusion_matrix.png``, ``gallery/``, ``report.html``) plus ``per_class_ap.png``.
+    Returns the ``EvalResult``."""
+    from danlu.evaluate.api import evaluate
+    from danlu.evaluate.report import write_report
+    from danlu.infer.predictor import Predictor
+
+    out_dir = Path(out_dir)
+    if predictions is None:
+        predictor = Predictor(checkpoint, device=device, score_threshold=score_threshold)
+        predictions = predictor.predict_dataset(gt)
+    result = evaluate(gt, predictions, protocol="coco")
+    write_report(result, gt, predictions, out_dir)
+    plot_per_class_ap(result, out_dir / "per_class_ap.png")
+    return result
+
+
+def metrics_table(result: Any) -> str:
+    """An HTML table of the named metrics and per-class AP."""
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(v)}</td></tr>"
+                   for k, v in result.metrics.items())
+    per = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(v)}</td>"
+                  f"<td>{result.num_gt.get(k, '')}</td></tr>"
+                  for k, v in result.per_class.items())
+    return (f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
+            f"<table><tr><th>class</th><th>AP</th><th>ground truth</th></tr>{per}</table>")
+
+
+def _num(v: Any) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 2em 1em 0;display:inline-table;"
+        "vertical-align:top}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        "img{max-width:100%;margin:0.5em 0}.grid img{width:32%;margin:0.3%}")
+
+
+def write_html_report(path: str | Path, title: str, result: Any | None = None, *,
+                      images: list[str] = (), sections: list[tuple[str, str]] = ()) -> Path:
+    """A self-contained HTML page (images are linked relative to ``path``)."""
+    from danlu.data._atomic import write_text_atomic
+
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    if result is not None:
+        body.append(metrics_table(result))
+    body += [f'<div><img src="{html.escape(im)}" alt="{html.escape(im)}"></div>'
+             for im in images]
+    for heading, content in sections:
+        body.append(f"<h2>{html.escape(heading)}</h2>{content}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+            f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
+    write_text_atomic(path, page)
+    return Path(path)
+
+
+__all__ = ["plot_losses", "plot_per_class_ap", "write_evaluation",
+           "write_html_report", "metrics_table"]

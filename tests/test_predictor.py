@@ -1,0 +1,98 @@
+"""The Predictor: from a checkpoint alone, boxes back in each image's pixels, any image input."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import danlu
+from danlu.data.synth import synthesize
+from danlu.errors import DatasetError, ModelError
+from danlu.infer.predictor import Predictor, build_model_from_checkpoint, score_threshold_holder
+from danlu.structures import Detections, Sample
+from danlu.testing import assert_detections_close
+from danlu.train.checkpoint import load_checkpoint
+from danlu.train.data import resize_image
+
+pytest.importorskip("danlu.models")
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    ds = synthesize("shapes", num_images=8, seed=2, image_size=(64, 64), scale_range=(12, 28),
+                    encode=False)
+    out = tmp_path_factory.mktemp("pred") / "run"
+    danlu.train(ds, epochs=1, out=out, batch=4, img_size=64, device="cpu", val_split=0,
+                plots=False, verbose=False)
+    return out / "best.pt"
+
+
+def _image(w=150, h=90, seed=0):
+    return synthesize("shapes", num_images=1, seed=seed, image_size=(w, h),
+                      scale_range=(16, 40), encode=False)[0].load_image()
+
+
+def test_predictor_needs_only_the_checkpoint_and_scales_boxes_back(ckpt):
+    p = Predictor(ckpt, device="cpu", score_threshold=0.001)
+    assert p.class_names == ["circle", "square", "triangle", "star"] and p.img_size == 64
+    img = _image()
+    det = p.predict(img)
+    assert isinstance(det, Detections) and len(det) > 0 and det.scores is not None
+    assert (det.scores >= 0.001).all()
+    assert (det.xyxy[:, [0, 2]] <= 150).all() and (det.xyxy[:, [1, 3]] <= 90).all()
+    # the same as running the model on the letterboxed image and dividing by the scale
+    tensor, sx, sy = resize_image(img, 64)
+    raw = p.predict_tensor(tensor[None])[0]
+    expected = raw.scale(1 / sx, 1 / sy)
+    expected.xyxy = np.clip(expected.xyxy, 0, np.array([150, 90, 150, 90], np.float32))
+    assert_detections_close(det, expected)
+    assert Predictor(ckpt.parent, device="cpu").class_names == p.class_names  # a run folder
+
+
+def test_every_image_input_gives_the_same_detections(ckpt, tmp_path):
+    p = Predictor(ckpt, device="cpu", score_threshold=0.001)
+    img = _image(seed=3)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="PNG")
+    ref = p.predict(img)
+    inputs = [str(tmp_path / "a.png"), tmp_path / "a.png", buf.getvalue(),
+              Image.fromarray(img), torch.from_numpy(img).permute(2, 0, 1),
+              torch.from_numpy(img).permute(2, 0, 1).float() / 255, Sample(img, 150, 90)]
+    for item in inputs:
+        assert_detections_close(p.predict(item), ref, atol=1e-3)
+    many = p.predict([img, _image(seed=4), img], batch_size=2)
+    assert isinstance(many, list) and len(many) == 3
+    assert_detections_close(many[0], ref)
+    assert_detections_close(many[2], ref)
+    with pytest.raises(DatasetError):
+        p.predict(np.zeros((4, 4, 7), np.uint8))
+
+
+def test_predict_dataset_and_a_live_module_agree_with_the_checkpoint(ckpt):
+    ds = synthesize("shapes", num_images=3, seed=9, image_size=(80, 64), scale_range=(12, 30),
+                    encode=False)
+    p = Predictor(ckpt, device="cpu", score_threshold=0.01)
+    dets = p.predict_dataset(ds)
+    assert len(dets) == 3
+    for d, s in zip(dets, ds.samples, strict=True):
+        assert_detections_close(d, p.predict(s.load_image()))
+    model = build_model_from_checkpoint(load_checkpoint(ckpt))
+    holder = score_threshold_holder(model)
+    holder.score_thresh = 0.5
+    live = Predictor(model, device="cpu", score_threshold=0.01, img_size=64,
+                     class_names=p.class_names)
+    for d, s in zip(dets, ds.samples, strict=True):
+        assert_detections_close(live.predict(s.load_image()), d)
+    assert holder.score_thresh == 0.5 and model.training  # restored after predicting
+
+
+def test_predictor_errors(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        Predictor(tmp_path / "missing.pt", device="cpu")
+    with pytest.raises(ModelError, match="img_size"):
+        Predictor(torch.nn.Identity(), device="cpu")
