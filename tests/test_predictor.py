@@ -18,8 +18,6 @@ from danlu.testing import assert_detections_close
 from danlu.train.checkpoint import load_checkpoint
 from danlu.train.data import resize_image
 
-pytest.importorskip("danlu.models")
-
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
@@ -96,3 +94,29 @@ def test_predictor_errors(tmp_path):
         Predictor(tmp_path / "missing.pt", device="cpu")
     with pytest.raises(ModelError, match="img_size"):
         Predictor(torch.nn.Identity(), device="cpu")
+
+
+def test_danlu_eval_reads_what_danlu_predict_writes(ckpt, tmp_path):
+    """`danlu predict` output feeds `danlu eval --pred` directly, with the same numbers as the
+    library path (Predictor -> evaluate)."""
+    import orjson
+
+    from danlu.cli.main import main
+    from danlu.data.io import save_dataset
+
+    gt = synthesize("shapes", num_images=6, seed=7, image_size=(64, 64), scale_range=(12, 28))
+    root = save_dataset(gt, tmp_path / "gt", "voc")
+    images = sorted(str(p) for p in (root / "JPEGImages").iterdir())
+    assert main(["--quiet", "predict", str(ckpt), *images, "--out", str(tmp_path / "p"),
+                 "--score-threshold", "0.001"]) == 0
+    gt_disk = danlu.load_dataset(root)
+    expected = danlu.evaluate(gt_disk, Predictor(ckpt, device="cpu", score_threshold=0.001)
+                              .predict_dataset(gt_disk))
+    import contextlib
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["eval", "--gt", str(root), "--pred", str(tmp_path / "p" / "predictions.json"),
+                     "--json"]) == 0
+    got = orjson.loads(buf.getvalue())
+    np.testing.assert_allclose(got["stats"], expected.stats, atol=1e-6)

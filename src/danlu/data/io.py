@@ -224,6 +224,8 @@ def load_predictions(path: str | os.PathLike[str], gt: Dataset, format: str | No
       ``category_id`` maps through ``gt.meta["coco_category_ids"]`` when present (a gt read
       from COCO), else ids 1..K in ``gt.class_names`` order (what :func:`save_predictions`
       and danlu's COCO writer use).
+    * ``danlu-predictions``: the ``predictions.json`` that ``danlu predict`` writes (images
+      matched by file stem, classes by name).
     * ``yolo-labels``: a folder of YOLO ``*.txt`` files (``cls cx cy w h score``), one per
       image stem; sizes come from ``gt``.
     * any dataset format danlu writes (``coco``, ``voc``, ``yolo``, ``dota``): read with
@@ -258,6 +260,8 @@ def load_predictions(path: str | os.PathLike[str], gt: Dataset, format: str | No
     try:
         if format == "coco-results":
             per_key = _coco_results(p, gt, ctx)
+        elif format == "danlu-predictions":
+            per_key = _danlu_predictions(p, gt, ctx)
         elif format == "yolo-labels":
             per_key = _yolo_labels(p, gt, ctx)
         else:
@@ -294,7 +298,9 @@ def _detect_predictions(p: Path) -> str:
     if p.is_file() and p.suffix.lower() == ".json":
         with open(p, "rb") as f:
             head = f.read(64).lstrip()
-        return "coco-results" if head.startswith(b"[") else "coco"
+        if head.startswith(b"["):
+            return "coco-results"
+        return "danlu-predictions" if _is_danlu_predictions(p) else "coco"
     if p.is_dir():
         for fmt in FORMATS.values():
             if fmt.detect(p):
@@ -304,6 +310,42 @@ def _detect_predictions(p: Path) -> str:
     raise DatasetError(f"{p}: cannot tell the predictions format",
                        hint="coco-results (.json list), yolo-labels (folder of .txt) or a "
                             f"dataset format ({', '.join(FORMATS)})")
+
+
+def _is_danlu_predictions(p: Path) -> bool:
+    """True for the ``predictions.json`` that ``danlu predict`` writes."""
+    try:
+        doc = coco.load_json(p)
+    except DatasetError:
+        return False
+    return isinstance(doc, dict) and "images" in doc and "class_names" in doc \
+        and "categories" not in doc
+
+
+def _danlu_predictions(p: Path, gt: Dataset, ctx: ReadContext) -> dict[str, Detections]:
+    """``danlu predict``'s document: images matched by file stem, classes by name."""
+    doc = coco.load_json(p)
+    names = doc.get("class_names")
+    if not isinstance(names, list) or not isinstance(doc.get("images"), list):
+        raise DatasetError(f"{p}: expected 'class_names' and 'images' lists")
+    to_gt = {c: i for i, c in enumerate(gt.class_names)}
+    out: dict[str, Detections] = {}
+    for i, rec in enumerate(doc["images"]):
+        try:
+            det = Detections.from_dict(rec["detections"])
+            stem = Path(rec["path"]).stem
+        except (KeyError, TypeError, ValueError) as e:
+            ctx.fail(f"{p}: images[{i}]: expected path and detections ({e})")
+            continue
+        unknown = sorted({str(names[k]) for k in set(det.labels.tolist())
+                          if not 0 <= k < len(names) or names[k] not in to_gt})
+        if unknown:
+            ctx.fail(f"{p}: images[{i}].detections: classes not in the ground truth: {unknown}")
+            continue
+        remap = np.asarray([to_gt.get(n, -1) for n in names], np.int64)
+        out[stem] = Detections(det.xyxy, remap[det.labels] if len(det) else det.labels,
+                               scores=det.scores)
+    return out
 
 
 def _coco_results(p: Path, gt: Dataset, ctx: ReadContext) -> dict[str, Detections]:
