@@ -83,9 +83,10 @@ def register_stats(app: typer.Typer) -> None:
         skip_invalid: bool = typer.Option(False, "--skip-invalid",
                                           help="Skip bad items instead of stopping."),
     ) -> None:
-        """Count images, boxes and classes; histograms of boxes per image, box sizes and aspect
-        ratios; COCO small/medium/large; empty images; duplicate, degenerate and
-        out-of-bounds boxes.
+        """Count images, boxes and classes, with histograms and box-quality checks.
+
+        Histograms of boxes per image, box sizes and aspect ratios; COCO small/medium/large;
+        empty images; duplicate, degenerate and out-of-bounds boxes.
 
         Example: danlu data stats coco/annotations/instances_val2017.json --json --plot s.png
         """

@@ -26,7 +26,9 @@ def register(app: typer.Typer) -> None:
         workers: int = typer.Option(0, "--workers", help="DataLoader processes."),
         as_json: bool = typer.Option(False, "--json", help="Print metrics.json on stdout."),
     ) -> None:
-        """Synthesize shapes, train fcos-tiny, evaluate best.pt on a held-out split, and write
+        """The embedded default: synthesize shapes, train, evaluate, report.
+
+        Synthesize shapes, train fcos-tiny, evaluate best.pt on a held-out split, and write
         OUT/report.html (curves, metrics, pictures) and OUT/metrics.json.
 
         About 10 minutes on 2 CPU cores. Example: danlu demo --out runs/demo

@@ -15,8 +15,10 @@ def register(app: typer.Typer) -> None:
     def doctor(
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
-        """Check Python, torch/torchvision/kornia, CUDA, cuDNN, GPUs, the driver, MPS, CPU
-        threads, a tiny conv forward + backward on every device, redis-server and chromium.
+        """Check this machine for deep learning, each line for real.
+
+        Python, torch/torchvision/kornia, CUDA, cuDNN, GPUs, the driver, MPS, CPU threads, a
+        tiny conv forward + backward on every device, redis-server and chromium.
 
         Exits 0 when the CPU path works, 1 when it does not. Example: danlu doctor --json
         """

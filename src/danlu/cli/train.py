@@ -115,8 +115,10 @@ def register(app: typer.Typer) -> None:
                                       "folder (its run files are replaced)."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
     ) -> None:
-        """Train a detector; the run lands in PROJECT/NAME (config.yaml, results.csv, last.pt,
-        best.pt, plots/, eval/, history.jsonl, TensorBoard events).
+        """Train a detector on a dataset folder (any format) or a pack.
+
+        The run lands in PROJECT/NAME (config.yaml, results.csv, last.pt, best.pt, plots/,
+        eval/, history.jsonl, TensorBoard events).
 
         Example: danlu train --data data/shapes --model fcos-tiny --epochs 10 --name shapes
         """
