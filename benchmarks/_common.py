@@ -94,3 +94,48 @@ def _fmt(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.2f} s"
     return f"{seconds * 1e3:.2f} ms"
+
+
+# -- accuracy comparisons ------------------------------------------------------------------------
+@dataclass
+class MetricRow:
+    """One method's accuracy on a held-out set (for benchmarks that compare quality, not time).
+
+    ``metrics`` maps a metric name (``AP50``, ``AP`` ...) to its value; ``seconds`` is the time
+    the method took (e.g. training); ``reference`` marks the row the others are compared with.
+    """
+
+    case: str
+    method: str
+    metrics: dict[str, float]
+    seconds: float = float("nan")
+    note: str = ""
+    reference: bool = False
+
+
+def report_metrics(title: str, rows: list[MetricRow], *, as_json: bool = False) -> None:
+    """Print a table of metrics per method, with each metric's difference to the reference
+    row of the same case (or one JSON document with ``as_json``)."""
+    if as_json:
+        doc = {"benchmark": title, "machine": machine(), "rows": [asdict(r) for r in rows]}
+        print(orjson.dumps(doc, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+        return
+    names: list[str] = []
+    for r in rows:
+        names += [k for k in r.metrics if k not in names]
+    refs = {r.case: r for r in rows if r.reference}
+    cases = list(dict.fromkeys(r.case for r in rows))
+    one_case = len(cases) == 1
+    table = Table(title=f"{title}\n{cases[0] + chr(10) if one_case else ''}{machine()}")
+    columns = ["method", *names, *(f"Δ{n}" for n in names), "time", "note"]
+    for col in ([] if one_case else ["case"]) + columns:
+        table.add_column(col)
+    for r in rows:
+        ref = refs.get(r.case)
+        deltas = ["" if ref is None or r is ref or n not in ref.metrics or n not in r.metrics
+                  else f"{r.metrics[n] - ref.metrics[n]:+.3f}" for n in names]
+        values = [f"{r.metrics[n]:.3f}" if n in r.metrics else "" for n in names]
+        time_s = "" if r.seconds != r.seconds else _fmt(r.seconds)
+        cells = [r.method, *values, *deltas, time_s, r.note]
+        table.add_row(*(cells if one_case else [r.case, *cells]))
+    Console().print(table)

@@ -60,4 +60,7 @@ def _bench(name: str | None = None, quick: bool = False, as_json: bool = False) 
     module = _load(module_name)
     common = _load("_common")
     rows = module.run(quick=quick)
-    common.report(getattr(module, "TITLE", name), rows, as_json=as_json)
+    if getattr(module, "METRICS", False):  # an accuracy comparison (MetricRow)
+        common.report_metrics(getattr(module, "TITLE", name), rows, as_json=as_json)
+    else:
+        common.report(getattr(module, "TITLE", name), rows, as_json=as_json)

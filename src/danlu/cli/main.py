@@ -12,6 +12,7 @@ from danlu.cli import bench, data, doctor
 from danlu.cli import demo as demo_cli
 from danlu.cli import eval as eval_cli
 from danlu.cli import predict as predict_cli
+from danlu.cli import pseudo_label as pseudo_label_cli
 from danlu.cli import train as train_cli
 from danlu.cli._common import console, set_quiet
 from danlu.errors import DanluError
@@ -47,6 +48,7 @@ def _root(
 doctor.register(app)
 data.register(app)
 train_cli.register(app)
+pseudo_label_cli.register(app)
 predict_cli.register(app)
 demo_cli.register(app)
 eval_cli.register(app)

@@ -158,6 +158,12 @@ class TrainConfig:
             raise bad("val_split", "expected a fraction in [0, 1)")
         if not 0 < self.ema_decay < 1:
             raise bad("ema_decay", "expected a number in (0, 1)")
+        family = str(self.model).split("-")[0]
+        if self.ohem and family in ("fcos", "ssdlite"):
+            raise bad("ohem", f"does not apply to {self.model} (FCOS has no sampling step and "
+                      "its focal loss already down-weights easy negatives; SSD mines its own)")
+        if self.soft_sampling is not None and family == "ssdlite":
+            raise bad("soft_sampling", f"is not available for {self.model}")
         if not 0 <= self.ohem_nms_iou <= 1:
             raise bad("ohem_nms_iou", "expected an IoU in [0, 1]")
         if self.soft_sampling is not None:

@@ -42,7 +42,6 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -195,7 +194,7 @@ class MiningRetinaNetHead(RetinaNetHead):
             gt[fg, t["labels"][m[fg]]] = 1.0
             per = sigmoid_focal_loss(logits, gt, reduction="none").sum(dim=1)
             valid = m != cls_head.BETWEEN_THRESHOLDS
-            negative = m == cls_head.BELOW_LOW_THRESHOLD
+            negative = m == -1  # torchvision Matcher.BELOW_LOW_THRESHOLD
             if self.soft_weight is not None:
                 per = per * background_weights(self.soft_weight, negative, anc, t["boxes"])
             if self.neg_ratio is not None:

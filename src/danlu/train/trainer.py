@@ -98,6 +98,20 @@ def seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
+def keep_torch_threads() -> Iterator[None]:
+    """Restore torch's intra-op thread count after the block. Numba's OpenMP kernels (used by
+    the metrics) set the shared OpenMP runtime's thread count, which changes torch's too, and
+    with it the order of float reductions: training after an evaluation would then differ
+    bitwise from training resumed in a fresh process."""
+    threads = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
 def algorithms(deterministic: bool, device: torch.device) -> Iterator[None]:
     """Deterministic algorithms (no cuDNN autotuning) or, on CUDA, cuDNN autotuning, for the
     duration of the block; torch's global flags are restored afterwards."""
@@ -536,6 +550,10 @@ class Trainer:
     def _validate(self) -> dict[str, Any]:
         if self.val_data is None or len(self.val_data) == 0:
             return {}
+        with keep_torch_threads():  # evaluation kernels may reset the OpenMP thread count
+            return self._evaluate_val()
+
+    def _evaluate_val(self) -> dict[str, Any]:
         from danlu.evaluate.api import evaluate
         from danlu.infer.predictor import Predictor
 
@@ -631,8 +649,10 @@ class Trainer:
         """Evaluate ``best.pt`` (loaded as a user would) into ``eval/``; returns its metrics."""
         from danlu.train.report import write_evaluation
 
-        result = write_evaluation(self.best_path, self.val_data, self.run_dir / "eval",
-                                  device=self.device, score_threshold=self.config.score_threshold)
+        with keep_torch_threads():
+            result = write_evaluation(self.best_path, self.val_data, self.run_dir / "eval",
+                                      device=self.device,
+                                      score_threshold=self.config.score_threshold)
         self.last_eval = result
         return {k: float(v) for k, v in result.metrics.items()}
 
@@ -641,4 +661,4 @@ def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
 
 
-__all__ = ["Trainer", "TrainResult", "seed_everything", "algorithms"]
+__all__ = ["Trainer", "TrainResult", "seed_everything", "algorithms", "keep_torch_threads"]
