@@ -196,3 +196,79 @@ def test_to_dict_is_json_ready() -> None:
     d = evaluate(gt, preds).to_dict(curves=True)
     assert len(d["stats"]) == 12 and "AP50" in d and d["per_class"]["never"] is None
     orjson.dumps(d)
+
+
+def many_detections_case(seed: int) -> tuple[Dataset, list[Detections]]:
+    """Crowded images: up to 250 detections of one class per image (more than maxDets=100),
+    crowd and ignored ground truth, boxes of every area range, many tied scores."""
+    rng = np.random.default_rng(seed)
+    samples, preds = [], []
+    for i in range(int(rng.integers(2, 6))):
+        n = int(rng.integers(1 if i == 0 else 0, 25))
+        boxes = _boxes(rng, n)
+        labels = (rng.random(n) < 0.2).astype(np.int64)  # mostly class 0
+        flags = {"iscrowd": rng.random(n) < 0.1, "ignore": rng.random(n) < 0.1}
+        samples.append(Sample(None, 400, 400, Detections(boxes, labels, flags=flags), id=i))
+        m = 260 if i == 0 else (int(rng.integers(0, 300)) if rng.random() > 0.2 else 0)
+        if n:
+            src = rng.integers(0, n, m)
+            d = boxes[src] + rng.normal(0, 3, (m, 4))
+            lab = np.where(rng.random(m) < 0.9, labels[src], rng.integers(0, 3, m))
+        else:
+            d, lab = _boxes(rng, m), rng.integers(0, 3, m)
+        d[:, 2:] = np.maximum(d[:, 2:], d[:, :2] + 0.5)
+        preds.append(Detections(d, lab, scores=np.round(rng.random(m), 2)))
+    return Dataset(samples, CLASSES), preds
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_more_than_max_dets_per_image(seed: int) -> None:
+    gt, preds = many_detections_case(300 + seed)
+    if sum(len(p) for p in preds) == 0:
+        preds[0] = Detections([[1, 1, 20, 20]], [0], scores=[0.5])
+    assert max(int(np.bincount(p.labels).max()) if len(p) else 0 for p in preds) > 100
+    assert_same(evaluate(gt, preds), pycocotools_eval(gt, preds))
+    opts = {"max_dets": (5, 2, 30), "iou_thresholds": [0.9, 0.5, 0.65]}  # unsorted, as given
+    assert_same(evaluate(gt, preds, **opts), pycocotools_eval(gt, preds, **opts))
+
+
+def test_exact_ties_and_degenerate_boxes() -> None:
+    # Two ground truths with the same IoU to a detection (pycocotools keeps the last one at the
+    # best IoU), zero-area detections, a crowd box covering everything, equal scores.
+    g = Detections([[0, 0, 10, 10], [5, 0, 15, 10], [0, 0, 100, 100], [50, 50, 60, 60]],
+                   [0, 0, 0, 1], flags={"iscrowd": [False, False, True, False]})
+    d = Detections([[2.5, 0, 12.5, 10], [2.5, 0, 12.5, 10], [20, 20, 20, 30], [0, 0, 10, 10],
+                    [50, 50, 60, 60], [51, 50, 61, 60]], [0, 0, 0, 0, 1, 1],
+                   scores=[0.5, 0.5, 0.5, 0.4, 0.9, 0.9])
+    gt = Dataset([Sample(None, 100, 100, g, id=0),
+                  Sample(None, 100, 100, Detections.empty(), id=1)], CLASSES)
+    preds = [d, Detections([[1, 1, 5, 5]], [2], scores=[0.3])]
+    assert_same(evaluate(gt, preds), pycocotools_eval(gt, preds))
+
+
+def test_threads_do_not_change_the_numbers() -> None:
+    from danlu.evaluate import coco as coco_module
+    from danlu.evaluate._coco_kernels import coco_evaluate
+    from danlu.evaluate._common import flatten
+
+    gt, preds = random_case(11)
+    g, d = flatten(gt.detections()), flatten(preds, scores=True)
+    c = coco_module.coco_columns(g, d)
+    args = (g.image, g.labels, c["g_box"], c["g_area"], g.crowd, c["g_ignore"], d.image,
+            d.labels, c["d_box"], c["d_area"], d.scores, len(CLASSES), default_iou_thresholds(),
+            np.array(list(coco_module.AREA_RANGES.values())), np.array([1, 10, 100]),
+            coco_module.default_recall_thresholds())
+    one = coco_evaluate(*args, workers=1)
+    for workers in (2, 3):
+        many = coco_evaluate(*args, workers=workers)
+        assert np.array_equal(one[0], many[0]) and np.array_equal(one[1], many[1])
+
+
+def test_argsort_descending_is_a_stable_sort() -> None:
+    from danlu.evaluate._coco_kernels import argsort_descending
+
+    rng = np.random.default_rng(0)
+    for x in (rng.random(1000), np.round(rng.normal(size=1000), 1),
+              rng.random(500).astype(np.float32).astype(np.float64),
+              np.array([0.0, -0.0, -1.5, 2.0, -0.0, 0.0, np.inf, -np.inf]), np.zeros(0)):
+        assert np.array_equal(argsort_descending(x), np.argsort(-x, kind="stable"))

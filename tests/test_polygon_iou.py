@@ -16,6 +16,7 @@ from danlu.boxes.polygon import (
     polygon_area,
     polygon_iou,
     polygon_iou_aligned,
+    polygon_iou_pairs,
     polygon_signed_area,
 )
 
@@ -154,6 +155,69 @@ def test_inputs_not_modified_and_bad_shapes() -> None:
         polygon_iou_aligned(np.zeros((2, 4, 2)), np.zeros((3, 4, 2)))
 
 
+@pytest.mark.parametrize("kind", ["rects", "quads"])
+def test_pairs_match_shapely_and_aligned(kind: str) -> None:
+    rng = np.random.default_rng(6 if kind == "rects" else 7)
+    make = _rects if kind == "rects" else _convex_quads
+    a = _flip_some(make(40, rng, 120), rng)
+    b = _flip_some(make(30, rng, 120), rng)
+    i = rng.integers(0, 40, 500)
+    j = rng.integers(0, 30, 500)
+    got = polygon_iou_pairs(a, b, i, j)
+    assert got.shape == (500,) and got.dtype == np.float64
+    expected = _shapely_iou(a, b)[i, j]
+    assert (expected > 0).mean() > 0.05
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
+    # The same numbers as the aligned function on the gathered pairs, bit for bit.
+    assert np.array_equal(got, polygon_iou_aligned(a[i], b[j]))
+    np.testing.assert_allclose(polygon_iou_pairs(b, a, j, i), got, rtol=0, atol=1e-12)
+
+
+def test_pairs_edge_cases_and_types() -> None:
+    sq = SQUARE[None]
+    others = np.stack([SQUARE, SQUARE[::-1], SQUARE + 10, SQUARE + [2.0, 0.0],
+                       SQUARE * 0.5 + 0.5, SQUARE + [1.0, 0.0]])
+    got = polygon_iou_pairs(sq, others, np.zeros(6, int), np.arange(6))
+    np.testing.assert_allclose(got, [1.0, 1.0, 0.0, 0.0, 0.25, 1 / 3], rtol=0, atol=1e-12)
+    # Repeated indices, both orders, degenerate polygons.
+    degenerate = np.array([[[0.0, 0.0], [2.0, 2.0], [1.0, 1.0], [0.5, 0.5]]])
+    both = np.concatenate([others, degenerate])
+    out = polygon_iou_pairs(both, both, [6, 6, 0, 5, 5], [0, 6, 6, 0, 0])
+    np.testing.assert_allclose(out, [0.0, 0.0, 0.0, 1 / 3, 1 / 3], rtol=0, atol=1e-12)
+    # Empty pair lists, and empty polygon sets with no pairs.
+    assert polygon_iou_pairs(sq, others, [], []).shape == (0,)
+    assert polygon_iou_pairs(np.zeros((0, 4, 2)), sq, np.zeros(0, int), []).shape == (0,)
+    # float32 in, float32 out; integers in, float64 out; inputs not modified.
+    a = SQUARE[::-1][None].copy()
+    before = a.copy()
+    assert polygon_iou_pairs(a.astype(np.float32), a.astype(np.float32), [0], [0]).dtype == \
+        np.float32
+    assert polygon_iou_pairs(a.astype(int), a.astype(int), [0], [0]).dtype == np.float64
+    polygon_iou_pairs(a, a, [0], [0])
+    np.testing.assert_array_equal(a, before)
+    # torch in, torch out (indices may be tensors too).
+    t = polygon_iou_pairs(torch.from_numpy(others).float(), torch.from_numpy(sq).float(),
+                          torch.arange(6), torch.zeros(6, dtype=torch.long))
+    assert isinstance(t, torch.Tensor) and t.dtype == torch.float32
+    np.testing.assert_allclose(t.numpy(), [1.0, 1.0, 0.0, 0.0, 0.25, 1 / 3], atol=1e-6)
+
+
+def test_pairs_bad_input() -> None:
+    sq = SQUARE[None]
+    with pytest.raises(ValueError):
+        polygon_iou_pairs(sq, sq, [0, 0], [0])  # lengths differ
+    with pytest.raises(ValueError):
+        polygon_iou_pairs(sq, sq, [1], [0])  # out of range
+    with pytest.raises(ValueError):
+        polygon_iou_pairs(sq, sq, [-1], [0])  # negative
+    with pytest.raises(ValueError):
+        polygon_iou_pairs(sq, sq, [0.0], [0])  # not integers
+    with pytest.raises(ValueError):
+        polygon_iou_pairs(sq, sq, [[0]], [[0]])  # not 1-D
+    with pytest.raises(ValueError):
+        polygon_iou_pairs(np.zeros((1, 3, 2)), sq, [0], [0])
+
+
 _rect = st.tuples(st.floats(0, 100), st.floats(0, 100), st.floats(0.5, 60), st.floats(0.5, 60),
                   st.floats(-math.pi, math.pi))
 
@@ -171,6 +235,8 @@ def test_properties(ra: list, rb: list, flip: bool) -> None:
     np.testing.assert_allclose(polygon_iou_aligned(a, a), 1.0, rtol=0, atol=1e-9)
     np.testing.assert_allclose(np.diag(polygon_iou(b, b)), 1.0, rtol=0, atol=1e-9)
     np.testing.assert_allclose(iou, _shapely_iou(a, b), rtol=0, atol=1e-6)
+    i, j = np.divmod(np.arange(len(a) * len(b)), len(b))
+    assert np.array_equal(polygon_iou_pairs(a, b, i, j), iou[i, j])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -42,7 +42,13 @@ from danlu.boxes.iou import (
 )
 from danlu.boxes.merge import greedy_nmm, merge_predictions, nmm
 from danlu.boxes.nms import batched_nms, iou_guided_nms, nms, polygon_nms
-from danlu.boxes.polygon import polygon_area, polygon_iou, polygon_iou_aligned, polygon_signed_area
+from danlu.boxes.polygon import (
+    polygon_area,
+    polygon_iou,
+    polygon_iou_aligned,
+    polygon_iou_pairs,
+    polygon_signed_area,
+)
 from danlu.boxes.soft_nms import soft_nms
 
 __all__ = [
@@ -51,6 +57,6 @@ __all__ = [
     "box_iou", "box_iou_aligned", "generalized_box_iou", "generalized_box_iou_aligned",
     "distance_box_iou", "distance_box_iou_aligned", "complete_box_iou", "complete_box_iou_aligned",
     "box_ios", "box_ios_aligned", "polygon_area", "polygon_signed_area", "polygon_iou",
-    "polygon_iou_aligned", "nms", "batched_nms", "iou_guided_nms", "polygon_nms", "soft_nms",
-    "weighted_boxes_fusion", "greedy_nmm", "nmm", "merge_predictions",
+    "polygon_iou_aligned", "polygon_iou_pairs", "nms", "batched_nms", "iou_guided_nms",
+    "polygon_nms", "soft_nms", "weighted_boxes_fusion", "greedy_nmm", "nmm", "merge_predictions",
 ]

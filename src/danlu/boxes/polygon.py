@@ -24,7 +24,8 @@ import torch
 
 from danlu.boxes.convert import Array, _as_array, _check_polygons, _xp
 
-__all__ = ["polygon_area", "polygon_signed_area", "polygon_iou", "polygon_iou_aligned"]
+__all__ = ["polygon_area", "polygon_signed_area", "polygon_iou", "polygon_iou_aligned",
+           "polygon_iou_pairs"]
 
 
 def polygon_signed_area(polygons: Array) -> Array:
@@ -82,8 +83,8 @@ def polygon_iou(polygons1: Array, polygons2: Array) -> Array:
     p1, p2, finish = _prepare(polygons1, polygons2)
     if p1.ndim != 3 or p2.ndim != 3:
         raise ValueError("polygon_iou needs [N, 4, 2] and [M, 4, 2] polygons")
-    a1, b1 = _normalize(p1)
-    a2, b2 = _normalize(p2)
+    p1, a1, b1 = _normalized(p1)
+    p2, a2, b2 = _normalized(p2)
     out = np.zeros((p1.shape[0], p2.shape[0]), dtype=np.float64)
     if out.size:
         _iou_matrix(p1, a1, b1, p2, a2, b2, out)
@@ -99,17 +100,72 @@ def polygon_iou_aligned(polygons1: Array, polygons2: Array) -> Array:
     if p1.ndim != 3 or p2.ndim != 3 or p1.shape[0] != p2.shape[0]:
         raise ValueError(f"polygon_iou_aligned needs two [K, 4, 2] arrays of the same K, got "
                          f"{tuple(p1.shape)} and {tuple(p2.shape)}")
-    a1, b1 = _normalize(p1)
-    a2, b2 = _normalize(p2)
+    p1, a1, b1 = _normalized(p1)
+    p2, a2, b2 = _normalized(p2)
     out = np.zeros(p1.shape[0], dtype=np.float64)
     if out.size:
         _iou_aligned(p1, a1, b1, p2, a2, b2, out)
     return finish(out)
 
 
+def polygon_iou_pairs(polygons1: Array, polygons2: Array, index1: Any, index2: Any) -> Array:
+    """IoU of chosen pairs of convex quadrilaterals: ``polygons1[index1[k]]`` with
+    ``polygons2[index2[k]]`` -> ``[K]``.
+
+    The same numbers as ``polygon_iou_aligned(polygons1[index1], polygons2[index2])``, but each
+    polygon is read, oriented and measured once however many pairs it is in, and no ``[K, 4, 2]``
+    copies are made: the way to score a candidate list (e.g. the pairs whose enclosing boxes
+    overlap) against two polygon sets. Same rules as :func:`polygon_iou`.
+
+    Args:
+        polygons1: ``[N, 4, 2]`` polygons (numpy or torch).
+        polygons2: ``[M, 4, 2]`` polygons.
+        index1: ``[K]`` integer indices into ``polygons1``, in ``0..N-1``.
+        index2: ``[K]`` integer indices into ``polygons2``, in ``0..M-1``.
+
+    Returns:
+        ``[K]`` IoUs, of the type, device and float dtype :func:`polygon_iou` returns.
+
+    >>> a = np.array([[[0.0, 0.0], [2.0, 0.0], [2.0, 2.0], [0.0, 2.0]]])
+    >>> b = np.concatenate([a, a + 1.0])
+    >>> polygon_iou_pairs(a, b, [0, 0, 0], [1, 0, 1])
+    array([0.14285714, 1.        , 0.14285714])
+    """
+    p1, p2, finish = _prepare(polygons1, polygons2)
+    if p1.ndim != 3 or p2.ndim != 3:
+        raise ValueError("polygon_iou_pairs needs [N, 4, 2] and [M, 4, 2] polygons")
+    i1, i2 = _index(index1, p1.shape[0], "index1"), _index(index2, p2.shape[0], "index2")
+    if i1.shape != i2.shape:
+        raise ValueError(f"index1 and index2 must have the same length, got {i1.shape[0]} and "
+                         f"{i2.shape[0]}")
+    out = np.zeros(i1.shape[0], dtype=np.float64)
+    if out.size:
+        q1, a1, b1 = _normalized(p1)
+        q2, a2, b2 = _normalized(p2)
+        _iou_pairs(q1, a1, b1, q2, a2, b2, i1, i2, out)
+    return finish(out)
+
+
+def _index(index: Any, n: int, name: str) -> np.ndarray:
+    """``index`` as a 1-D int64 numpy array whose values lie in ``0..n-1``."""
+    if isinstance(index, torch.Tensor):
+        index = index.detach().cpu().numpy()
+    index = np.asarray(index)
+    if index.size == 0:
+        return np.zeros(0, np.int64)
+    if index.ndim != 1 or not np.issubdtype(index.dtype, np.integer):
+        raise ValueError(f"{name} must be a 1-D integer array, got {index.dtype} "
+                         f"{tuple(index.shape)}")
+    index = np.ascontiguousarray(index, dtype=np.int64)
+    if int(index.min()) < 0 or int(index.max()) >= n:
+        raise ValueError(f"{name} has values outside 0..{n - 1}")
+    return index
+
+
 def _prepare(p1: Any, p2: Any) -> tuple[np.ndarray, np.ndarray, Any]:
-    """Both inputs as float64 C-contiguous numpy copies, and a function that maps the float64
-    result back to the caller's type, device and dtype."""
+    """Both inputs as float32 / float64 numpy arrays (not copied when they already are: they
+    are only read, by :func:`_normalized`), and a function that maps the float64 result back
+    to the caller's type, device and dtype."""
     p1, p2 = _as_array(p1), _as_array(p2)
     _check_polygons(p1, "polygons1")
     _check_polygons(p2, "polygons2")
@@ -135,26 +191,51 @@ def _prepare(p1: Any, p2: Any) -> tuple[np.ndarray, np.ndarray, Any]:
         def finish(out: np.ndarray) -> np.ndarray:
             return out.astype(dtype, copy=False)
 
-    # Always a fresh copy: _normalize reverses vertex order in place.
-    p1 = np.array(p1, dtype=np.float64, order="C", copy=True)
-    p2 = np.array(p2, dtype=np.float64, order="C", copy=True)
+    p1 = p1 if p1.dtype in (np.float32, np.float64) else p1.astype(np.float64)
+    p2 = p2 if p2.dtype in (np.float32, np.float64) else p2.astype(np.float64)
     return p1, p2, finish
 
 
-def _normalize(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Put every polygon of ``p`` in positive (shoelace) order, in place; return the areas and
-    the enclosing boxes. The clipping below relies on the clip polygon's orientation."""
-    signed = polygon_signed_area(p)
-    neg = signed < 0
-    p[neg] = p[neg, ::-1]
-    box = np.concatenate([p.min(axis=1), p.max(axis=1)], axis=1)
-    return np.abs(signed), np.ascontiguousarray(box)
+def _normalized(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``[N, 4, 2]`` -> float64 copies in positive (shoelace) order, their areas and enclosing
+    boxes. The clipping below relies on the clip polygon's orientation."""
+    out = np.empty(p.shape, np.float64)
+    area = np.empty(p.shape[0], np.float64)
+    box = np.empty((p.shape[0], 4), np.float64)
+    if p.shape[0]:
+        _normalize_kernel(p, out, area, box)
+    return out, area, box
 
 
 # --- numba kernels --------------------------------------------------------------------------------
 # A convex 4-gon clipped by four half-planes has at most 8 vertices; a non-convex subject at most
 # doubles per clip, so 64 slots can never overflow whatever the input.
 _MAXV = 64
+
+
+@numba.njit(cache=True, nogil=True)
+def _normalize_kernel(p: np.ndarray, out: np.ndarray, area: np.ndarray, box: np.ndarray) -> None:
+    """Copy each polygon of ``p`` (any float dtype) to ``out`` as float64, vertex order
+    reversed where the shoelace area (taken relative to the first vertex, as
+    :func:`polygon_signed_area`) is negative; write its absolute area and enclosing box."""
+    for i in range(p.shape[0]):
+        x0, y0 = np.float64(p[i, 0, 0]), np.float64(p[i, 0, 1])
+        s = 0.0
+        for v in range(4):
+            w = (v + 1) % 4
+            xv, yv = np.float64(p[i, v, 0]) - x0, np.float64(p[i, v, 1]) - y0
+            xw, yw = np.float64(p[i, w, 0]) - x0, np.float64(p[i, w, 1]) - y0
+            s += xv * yw - xw * yv
+        s *= 0.5
+        for v in range(4):
+            src = 3 - v if s < 0.0 else v
+            out[i, v, 0] = p[i, src, 0]
+            out[i, v, 1] = p[i, src, 1]
+        area[i] = abs(s)
+        box[i, 0] = min(min(out[i, 0, 0], out[i, 1, 0]), min(out[i, 2, 0], out[i, 3, 0]))
+        box[i, 1] = min(min(out[i, 0, 1], out[i, 1, 1]), min(out[i, 2, 1], out[i, 3, 1]))
+        box[i, 2] = max(max(out[i, 0, 0], out[i, 1, 0]), max(out[i, 2, 0], out[i, 3, 0]))
+        box[i, 3] = max(max(out[i, 0, 1], out[i, 1, 1]), max(out[i, 2, 1], out[i, 3, 1]))
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -271,3 +352,18 @@ def _iou_aligned(p1: np.ndarray, a1: np.ndarray, b1: np.ndarray, p2: np.ndarray,
     for k in range(p1.shape[0]):
         if _overlap(b1, k, b2, k):
             out[k] = _pair_iou(p1, a1, k, p2, a2, k, bx, by, cx, cy)
+
+
+@numba.njit(cache=True, nogil=True)
+def _iou_pairs(p1: np.ndarray, a1: np.ndarray, b1: np.ndarray, p2: np.ndarray, a2: np.ndarray,
+               b2: np.ndarray, i1: np.ndarray, i2: np.ndarray, out: np.ndarray) -> None:
+    """Fill the zero-initialized ``out`` [K] with the IoU of each pair
+    ``(p1[i1[k]], p2[i2[k]])``."""
+    bx = np.empty(_MAXV)
+    by = np.empty(_MAXV)
+    cx = np.empty(_MAXV)
+    cy = np.empty(_MAXV)
+    for k in range(i1.shape[0]):
+        i, j = i1[k], i2[k]
+        if _overlap(b1, i, b2, j):
+            out[k] = _pair_iou(p1, a1, i, p2, a2, j, bx, by, cx, cy)

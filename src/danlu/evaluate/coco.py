@@ -1,13 +1,23 @@
 """COCO box metrics: pycocotools' 12 numbers, per-class AP and the precision/recall arrays.
 
-The engine is `hotcoco <https://github.com/derekallman/hotcoco>`_ (a Rust port of pycocotools
-with the same numbers, about 100x faster), fed straight from arrays: no JSON, no dict per box.
+The engine is our own: pycocotools' ``evaluateImg`` and ``accumulate`` compiled with numba
+(:mod:`danlu.evaluate._coco_kernels`), categories shared out to threads, on flat arrays built
+once from the ``Dataset``: no JSON, no dict per box. It gives pycocotools' numbers to the last
+bit (the tests compare the 12 stats and the whole precision / recall arrays with pycocotools on
+randomized datasets), and ``benchmarks/eval.py`` times it, end to end from a ``Dataset``,
+against hotcoco's ``evaluate`` + ``accumulate`` + ``summarize`` alone at COCO scale.
+
 The conventions are pycocotools' ``COCOeval`` (``iouType="bbox"``):
 
 * images are the ground-truth samples (image id = sample index), categories are the labels;
-* a detection matches the unmatched ground truth with the highest IoU ``>=`` the threshold
-  (``min(t, 1 - 1e-10)``), per image and class, in decreasing score order; ties keep the input
-  order; only the ``max_dets[-1]`` best-scored detections per image and class count;
+* boxes are seen as pycocotools sees them: ``xywh`` in float64 (``w = x2 - x1``), IoU by its
+  ``bbIou`` arithmetic;
+* per image and class, detections in decreasing score order (ties keep the input order), only
+  the ``max_dets[-1]`` first; each matches the unmatched ground truth with the highest IoU
+  ``>=`` the threshold (``min(t, 1 - 1e-10)``), ground truth that is not ignored first, and
+  of equal IoUs the one that comes last; one matched to an ignored ground truth is ignored;
+* in the precision / recall curve, detections of all images sorted by decreasing score, ties
+  in image order then score rank (pycocotools' stable sort of the per-image lists);
 * **crowd** ground truth (``flags["iscrowd"]``) is matched by intersection over the detection's
   area, can absorb any number of detections, and never counts as a miss;
 * **area ranges** use the ground truth's COCO ``area`` (``extra["area"]`` when every sample has
@@ -16,6 +26,7 @@ The conventions are pycocotools' ``COCOeval`` (``iouType="bbox"``):
 * **ignored** ground truth (``flags["ignore"]`` or ``flags["difficult"]``) is treated as a
   non-crowd box outside every area range: matching it neither helps nor hurts (pycocotools
   itself overwrites an ``ignore`` field with ``iscrowd``; we give it this meaning);
+* ``max_dets`` is sorted, as pycocotools sorts it;
 * the summary follows ``summarize()`` to the letter, quirks included: ``AP`` is read at
   ``maxDets=100`` (-1 when 100 is not in ``max_dets``), the other AP numbers and ``AR100``,
   ``ARs/m/l`` at ``max_dets[2]``, ``AR1`` / ``AR10`` at ``max_dets[0]`` / ``max_dets[1]``;
@@ -35,12 +46,12 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from danlu.errors import ConfigError
+from danlu.evaluate._coco_kernels import coco_evaluate, xywh_and_area
 from danlu.evaluate._common import Flat, align_predictions, check_labels, flatten
 from danlu.evaluate.result import COCO_STAT_NAMES, EvalResult
 from danlu.structures import Dataset, Detections
@@ -61,22 +72,16 @@ def default_recall_thresholds() -> np.ndarray:
     return np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 
 
-def coco_arrays(gt: Flat, dt: Flat) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """The COCO view of flat arrays: ground-truth columns (``image_ids``, ``category_ids``,
-    ``boxes`` xywh, ``area``, ``iscrowd``) and the ``[N, 7]`` detection array
-    ``[image_id, x, y, w, h, score, category_id]`` that ``loadRes`` takes."""
-    gxywh = np.concatenate([gt.xyxy[:, :2], gt.xyxy[:, 2:] - gt.xyxy[:, :2]], axis=1)
-    area = gt.area.copy() if gt.area is not None else gxywh[:, 2] * gxywh[:, 3]
-    area[gt.ignore | gt.difficult] = -np.inf  # outside every area range: ignored
-    columns = {"image_ids": gt.image, "category_ids": gt.labels, "boxes": gxywh, "area": area,
-               "iscrowd": gt.crowd}
-    dt_array = np.empty((len(dt), 7), np.float64)
-    dt_array[:, 0] = dt.image
-    dt_array[:, 1:3] = dt.xyxy[:, :2]
-    dt_array[:, 3:5] = dt.xyxy[:, 2:] - dt.xyxy[:, :2]
-    dt_array[:, 5] = dt.scores
-    dt_array[:, 6] = dt.labels
-    return columns, dt_array
+def coco_columns(gt: Flat, dt: Flat) -> dict[str, np.ndarray]:
+    """The arrays the kernel reads, as pycocotools would see the same boxes: ``xywh`` float64
+    (``w = x2 - x1``), the ground truth's COCO ``area`` (``extra["area"]``, else ``w * h``),
+    the detections' box area ``w * h``, and the ground truth ignored in every area range
+    (``ignore`` or ``difficult``)."""
+    gbox, gbox_area = xywh_and_area(gt.xyxy)
+    dbox, dbox_area = xywh_and_area(dt.xyxy)
+    garea = gbox_area if gt.area is None else np.ascontiguousarray(gt.area, np.float64)
+    return {"g_box": gbox, "g_area": garea, "g_ignore": gt.ignore | gt.difficult,
+            "d_box": dbox, "d_area": dbox_area}
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray, iou_thresholds: np.ndarray,
@@ -133,12 +138,10 @@ def evaluate_coco(gt: Dataset, predictions: Dataset | Sequence[Detections], *,
         :class:`EvalResult` with the 12 ``stats``, the named numbers, ``per_class`` AP,
         ``precision`` ``[T, R, K, A, M]`` / ``recall`` ``[T, K, A, M]`` and PR ``curves``.
     """
-    import hotcoco
-
     thresholds = (default_iou_thresholds() if iou_thresholds is None
                   else np.asarray(iou_thresholds, np.float64).reshape(-1))
     ranges = dict(AREA_RANGES if area_ranges is None else area_ranges)
-    dets = [int(m) for m in max_dets]
+    dets = sorted(int(m) for m in max_dets)
     if not dets or not len(thresholds) or not ranges:
         raise ConfigError("COCO evaluation needs IoU thresholds, max_dets and area ranges")
     num_classes = len(gt.class_names)
@@ -147,28 +150,12 @@ def evaluate_coco(gt: Dataset, predictions: Dataset | Sequence[Detections], *,
     d = flatten(preds, scores=True)
     check_labels(g, num_classes, gt, "ground truth")
     check_labels(d, num_classes, gt, "predictions")
-    columns, dt_array = coco_arrays(g, d)
-    images = [{"id": i, "width": s.width, "height": s.height} for i, s in enumerate(gt.samples)]
-    cats = [{"id": c, "name": name} for c, name in enumerate(gt.class_names)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        coco_gt = hotcoco.COCO.from_arrays(
-            images, cats, columns["image_ids"], columns["category_ids"], columns["boxes"],
-            area=columns["area"], iscrowd=columns["iscrowd"])
-        coco_dt = coco_gt.load_res(dt_array)
-        ev = hotcoco.COCOeval(coco_gt, coco_dt, "bbox")
-        p = ev.params
-        p.iou_thrs = thresholds.tolist()
-        p.max_dets = dets
-        p.area_rng = [[float(lo), float(hi)] for lo, hi in ranges.values()]
-        p.area_rng_lbl = list(ranges)
-        p.img_ids = list(range(len(gt)))
-        p.cat_ids = list(range(num_classes))
-        ev.evaluate()
-        ev.accumulate()
-    acc = ev.eval
-    precision = np.asarray(acc["precision"], np.float64)
-    recall = np.asarray(acc["recall"], np.float64)
+    c = coco_columns(g, d)
+    area_rng = np.array([[float(lo), float(hi)] for lo, hi in ranges.values()], np.float64)
+    precision, recall = coco_evaluate(
+        g.image, g.labels, c["g_box"], c["g_area"], g.crowd, c["g_ignore"], d.image, d.labels,
+        c["d_box"], c["d_area"], d.scores, num_classes, np.ascontiguousarray(thresholds),
+        area_rng, np.array(dets, np.int64), default_recall_thresholds())
     stats = summarize(precision, recall, thresholds, list(ranges), dets)
     return _result(gt, g, precision, recall, stats, thresholds, ranges, dets)
 
@@ -197,5 +184,5 @@ def _result(gt: Dataset, g: Flat, precision: np.ndarray, recall: np.ndarray, sta
                 "area_ranges": {k: list(v) for k, v in ranges.items()}})
 
 
-__all__ = ["evaluate_coco", "summarize", "coco_arrays", "AREA_RANGES",
+__all__ = ["evaluate_coco", "summarize", "coco_columns", "AREA_RANGES",
            "default_iou_thresholds", "default_recall_thresholds"]
