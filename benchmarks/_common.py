@@ -87,7 +87,14 @@ def report(title: str, rows: list[Row], *, as_json: bool = False) -> None:
     for r in rows:
         table.add_row(r.case, _fmt(r.ours_s), r.peer, _fmt(r.peer_s), f"{r.ratio:.3f}",
                       f"{r.speedup:.1f}x", "yes" if r.agree else "NO", r.goal)
-    Console().print(table)
+    _console().print(table)
+
+
+def _console() -> Console:
+    # Piped output (logs, docs) gets a wide table instead of rich's 80-column fallback.
+    import sys
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
 
 
 def _fmt(seconds: float) -> str:
@@ -138,4 +145,4 @@ def report_metrics(title: str, rows: list[MetricRow], *, as_json: bool = False) 
         time_s = "" if r.seconds != r.seconds else _fmt(r.seconds)
         cells = [r.method, *values, *deltas, time_s, r.note]
         table.add_row(*(cells if one_case else [r.case, *cells]))
-    Console().print(table)
+    _console().print(table)
