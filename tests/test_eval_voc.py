@@ -221,3 +221,60 @@ def test_bad_options() -> None:
         evaluate(gt, preds, protocol="voc12", match="=")
     with pytest.raises(ConfigError):
         evaluate(gt, preds, protocol="voc12", iou=0.0)
+
+
+# --- the fast paths -----------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize("match", [">=", ">"])
+def test_two_thread_path_matches_oracle(seed: int, match: str,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Large inputs run on two threads (halves of the detections, then of the classes); force it.
+    from danlu.evaluate import voc
+
+    monkeypatch.setattr(voc, "_WORKERS", 2)
+    monkeypatch.setattr(voc, "_THREADED_MIN", 0)
+    gt, preds = random_case(seed, integer=seed % 2 == 0)
+    r = evaluate(gt, preds, protocol="voc12", match=match)
+    assert_aps_equal(r.per_class, oracle_voc(gt, preds, use_07=False, strict=match == ">"))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_pair_iou_path_matches_oracle(seed: int) -> None:
+    # voc_style_ap with an IoU callback over candidate pairs (the polygon path) agrees too.
+    from danlu.evaluate._common import align_predictions, flatten
+    from danlu.evaluate.voc import box_iou_pairs, voc_style_ap
+
+    gt, preds = random_case(seed)
+    g, d = flatten(gt.detections()), flatten(align_predictions(gt, preds), scores=True)
+    r = voc_style_ap(g, d, num_images=len(gt), class_names=gt.class_names, iou=0.5, match=">=",
+                     eleven_point=seed % 2 == 0, protocol="voc", params={},
+                     polygon_iou=lambda i, j: box_iou_pairs(d.xyxy[i], g.xyxy[j]))
+    assert_aps_equal(r.per_class, oracle_voc(gt, preds, use_07=seed % 2 == 0))
+
+
+def test_score_order_special_values() -> None:
+    # Ties (0.0 with -0.0 too) keep input order, NaN comes last (as np.argsort(-s, stable)),
+    # negative, infinite and full-precision float64 scores sort like numbers.
+    rng = np.random.default_rng(5)
+    special = [0.0, -0.0, np.nan, np.inf, -np.inf, -1.5, 1e-300, -1e-300, 0.5, 0.5]
+    for seed in range(6):
+        gt, preds = random_case(100 + seed)
+        preds = [Detections(p.xyxy, p.labels,
+                            scores=rng.choice(special + list(rng.normal(size=4)), len(p)))
+                 for p in preds]
+        r = evaluate(gt, preds, protocol="voc12")
+        assert_aps_equal(r.per_class, oracle_voc(gt, preds, use_07=False))
+
+
+def test_radix_sort_is_stable() -> None:
+    from danlu.evaluate.voc import _radix_sort
+
+    rng = np.random.default_rng(0)
+    for keys in (rng.integers(0, 2**63, 3000, dtype=np.uint64) | np.uint64(1 << 63),
+                 rng.integers(0, 40, 3000).astype(np.uint64) << np.uint64(29),
+                 np.full(10, 7, np.uint64), np.zeros(0, np.uint64), np.array([5], np.uint64)):
+        values = np.arange(len(keys), dtype=np.int64)
+        expected = np.argsort(keys, kind="stable")
+        k, v = keys.copy(), values.copy()
+        _radix_sort(k, v)
+        assert np.array_equal(v, expected) and np.array_equal(k, keys[expected])

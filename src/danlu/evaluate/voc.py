@@ -25,15 +25,22 @@ and the continuous IoU of the converted boxes equals the devkit's ``+1`` IoU exa
 summed where recall changes. A class without countable ground truth has AP NaN and is left out
 of the mAP (the devkits would divide by zero).
 
-The matching is the devkit's loop compiled with numba (classes in parallel, each detection
-scanning only its image's ground truth), so a COCO-scale evaluation (5,000 images, 450k
-detections) takes a fraction of a second; ``benchmarks/eval.py`` compares it with the devkit's
-Python loop and checks that every AP agrees.
+**How it runs.** A detection's verdict needs only its best-overlapping ground truth (there is
+no fall-back to the second best), so that is found first, in image order (boxes read in memory
+order, each detection against its image's ground truth), and reduced to what the verdict depends
+on; the detections are then sorted by class (a counting sort) and, within each class, by
+decreasing score (a stable radix sort), and the devkit's loop over them only looks those up.
+numba kernels without numba's parallel loops; large inputs use two plain threads (halves of the
+detections, then of the classes). A COCO-scale evaluation (5,000 images, 450k detections) takes
+a few tens of milliseconds; ``benchmarks/eval.py`` compares it with the devkit's Python loop and
+checks that every AP agrees.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Literal
 
 import numba
@@ -52,7 +59,15 @@ from danlu.structures import Dataset, Detections
 
 Match = Literal[">=", ">"]
 
-_EPS = np.finfo(np.float64).eps
+# Threads for the overlap pass: two when the machine has them, for inputs large enough to pay
+# for a thread (plain threads on a GIL-free kernel; numba's parallel loops spin under load).
+_WORKERS = min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+               else (os.cpu_count() or 1))
+_THREADED_MIN = 100_000
+_EPS = float(np.finfo(np.float64).eps)
+_SIGN = np.uint64(1 << 63)  # float64 bit fields, for the score keys
+_EXP = np.uint64(0x7FF << 52)
+_FRAC = np.uint64((1 << 52) - 1)
 
 
 def average_precision(recall: np.ndarray, precision: np.ndarray, *,
@@ -96,38 +111,11 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *,
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _sort_detections(labels: np.ndarray, scores: np.ndarray,
-                     num_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices by (class, decreasing score, input order): a stable counting sort on the class,
-    then a stable merge sort on the score within each class (classes in parallel). Returns the
-    order and the class boundaries ``[C + 1]`` in it."""
-    n = labels.shape[0]
-    start = np.zeros(num_classes + 1, np.int64)
-    for i in range(n):
-        start[labels[i] + 1] += 1
-    for c in range(num_classes):
-        start[c + 1] += start[c]
-    fill = start[:-1].copy()
-    by_class = np.empty(n, np.int64)
-    for i in range(n):
-        c = labels[i]
-        by_class[fill[c]] = i
-        fill[c] += 1
-    order = np.empty(n, np.int64)
-    for c in numba.prange(num_classes):
-        s, e = start[c], start[c + 1]
-        if e > s:
-            idx = by_class[s:e]
-            o = np.argsort(-scores[idx], kind="mergesort")
-            order[s:e] = idx[o]
-    return order, start
-
-
 @numba.njit(cache=True, nogil=True)
 def _decide(ovmax: float, jmax: int, thresh: float, strict: bool, difficult: np.ndarray,
             taken: np.ndarray) -> int:
-    """The devkit's verdict for one detection: 1 TP, 0 FP, -1 neither (difficult)."""
+    """The devkit's verdict for one detection: 1 TP, 0 FP, -1 neither (difficult); the loop in
+    :mod:`danlu.evaluate.dota` uses it."""
     hit = jmax >= 0 and (ovmax > thresh if strict else ovmax >= thresh)
     if not hit:
         return 0
@@ -139,92 +127,273 @@ def _decide(ovmax: float, jmax: int, thresh: float, strict: bool, difficult: np.
     return 1
 
 
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _match_boxes(order: np.ndarray, class_start: np.ndarray, d_label: np.ndarray,
-                 d_image: np.ndarray, d_box: np.ndarray, g_start: np.ndarray,
-                 g_label: np.ndarray, g_box: np.ndarray, difficult: np.ndarray, thresh: float,
-                 strict: bool, plus_one: float) -> np.ndarray:
-    """The devkit loop over detections in ``order`` with the box IoU computed inline, in the
-    devkits' arithmetic (see :func:`box_iou_pairs`). Classes share no ground truth, so they
-    run in parallel."""
-    n = order.shape[0]
-    out = np.zeros(n, np.int8)
-    taken = np.zeros(g_box.shape[0], np.bool_)
-    for c in numba.prange(class_start.shape[0] - 1):
-        for k in range(class_start[c], class_start[c + 1]):
-            i = order[k]
-            label = d_label[i]
-            x1, y1, x2, y2 = d_box[i, 0], d_box[i, 1], d_box[i, 2], d_box[i, 3]
-            area_d = (x2 - x1 + plus_one) * (y2 - y1 + plus_one)
-            ovmax = -1.0
-            jmax = -1
-            for j in range(g_start[d_image[i]], g_start[d_image[i] + 1]):
-                if g_label[j] != label:
-                    continue
-                iw = max(min(x2, g_box[j, 2]) - max(x1, g_box[j, 0]) + plus_one, 0.0)
-                ih = max(min(y2, g_box[j, 3]) - max(y1, g_box[j, 1]) + plus_one, 0.0)
-                inter = iw * ih
-                union = area_d + (g_box[j, 2] - g_box[j, 0] + plus_one) * (
-                    g_box[j, 3] - g_box[j, 1] + plus_one) - inter
-                ov = inter / union if union > 0 else 0.0
-                if ov > ovmax:
-                    ovmax = ov
-                    jmax = j
-            out[k] = _decide(ovmax, jmax, thresh, strict, difficult, taken)
-    return out
+@numba.njit(cache=True, nogil=True)
+def _target(ovmax: float, jmax: int, thresh: float, strict: bool, difficult: np.ndarray
+            ) -> int:
+    """What a detection's verdict depends on, given its best IoU and that ground truth: 0 (a
+    miss: FP), 1 (a difficult ground truth: neither) or ``2 + jmax`` (TP unless that ground
+    truth is already taken, then FP)."""
+    if jmax < 0 or not (ovmax > thresh if strict else ovmax >= thresh):
+        return 0
+    return 1 if difficult[jmax] else 2 + jmax
 
 
 @numba.njit(cache=True, nogil=True)
-def _overlapping_pairs(order: np.ndarray, d_label: np.ndarray, d_image: np.ndarray,
-                       d_box: np.ndarray, g_start: np.ndarray, g_label: np.ndarray,
-                       g_box: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each detection in ``order``: the ground truth of its image and class (in input order)
-    whose box overlaps its box with positive area. Returns ``offsets`` ``[D + 1]``, ``pair_det``
-    and ``pair_gt``."""
-    n = order.shape[0]
+def _place(lo: int, hi: int, cursor: np.ndarray, d_label: np.ndarray, score_bits: np.ndarray,
+           target: np.ndarray, keys: np.ndarray, targets: np.ndarray) -> None:
+    """Write the score key and target of the detections ``lo:hi`` at the next slots of their
+    class: a stable counting sort by class. The key increases as the score decreases (``-0.0``
+    ties with ``0.0``; NaN after every number, as ``np.argsort(-scores, kind="stable")`` orders
+    it)."""
+    for i in range(lo, hi):
+        b = score_bits[i]
+        if b == _SIGN:
+            b = np.uint64(0)  # -0.0
+        if (b & _EXP) == _EXP and (b & _FRAC) != 0:
+            key = ~np.uint64(0)  # NaN
+        else:
+            key = ~(~b if b & _SIGN else b | _SIGN)
+        c = d_label[i]
+        keys[cursor[c]] = key
+        targets[cursor[c]] = target[i]
+        cursor[c] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def _box_targets(lo: int, hi: int, d_image: np.ndarray, d_label: np.ndarray,
+                 d_box: np.ndarray, g_start: np.ndarray, g_label: np.ndarray, g_box: np.ndarray,
+                 plus_one: float, thresh: float, strict: bool, difficult: np.ndarray,
+                 target: np.ndarray) -> None:
+    """For the detections ``lo:hi`` (image order: boxes read in memory order): the ground
+    truth of their image and class with the largest IoU (the first one on ties), reduced to
+    :func:`_target`. The IoU is the devkits' arithmetic (see :func:`box_iou_pairs`)."""
+    for i in range(lo, hi):
+        label = d_label[i]
+        x1, y1, x2, y2 = d_box[i, 0], d_box[i, 1], d_box[i, 2], d_box[i, 3]
+        area_d = (x2 - x1 + plus_one) * (y2 - y1 + plus_one)
+        best = -1.0
+        arg = -1
+        for j in range(g_start[d_image[i]], g_start[d_image[i] + 1]):
+            if g_label[j] != label:
+                continue
+            iw = max(min(x2, g_box[j, 2]) - max(x1, g_box[j, 0]) + plus_one, 0.0)
+            ih = max(min(y2, g_box[j, 3]) - max(y1, g_box[j, 1]) + plus_one, 0.0)
+            inter = iw * ih
+            union = area_d + (g_box[j, 2] - g_box[j, 0] + plus_one) * (
+                g_box[j, 3] - g_box[j, 1] + plus_one) - inter
+            ov = inter / union if union > 0 else 0.0
+            if ov > best:
+                best = ov
+                arg = j
+        target[i] = _target(best, arg, thresh, strict, difficult)
+
+
+@numba.njit(cache=True, nogil=True)
+def _overlapping_pairs(d_image: np.ndarray, d_label: np.ndarray, d_box: np.ndarray,
+                       g_start: np.ndarray, g_label: np.ndarray, g_box: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """For each detection, in input order: the ground truth of its image and class (in input
+    order) whose box overlaps its own with positive area. Returns ``offsets`` ``[D + 1]`` and
+    ``pair_gt``; detection ``i`` has the pairs ``offsets[i]:offsets[i + 1]``."""
+    n = d_image.shape[0]
     offsets = np.zeros(n + 1, np.int64)
+    pair_gt = np.empty(0, np.int64)
     for step in range(2):
         if step == 1:
-            pair_det = np.empty(offsets[n], np.int64)
+            for i in range(n):
+                offsets[i + 1] += offsets[i]
             pair_gt = np.empty(offsets[n], np.int64)
-        for k in range(n):
-            i = order[k]
-            m = offsets[k]
+        for i in range(n):
+            m = offsets[i]
+            x1, y1, x2, y2 = d_box[i, 0], d_box[i, 1], d_box[i, 2], d_box[i, 3]
             for j in range(g_start[d_image[i]], g_start[d_image[i] + 1]):
-                if g_label[j] != d_label[i]:
-                    continue
-                if (min(d_box[i, 2], g_box[j, 2]) > max(d_box[i, 0], g_box[j, 0])
-                        and min(d_box[i, 3], g_box[j, 3]) > max(d_box[i, 1], g_box[j, 1])):
+                if (g_label[j] == d_label[i] and min(x2, g_box[j, 2]) > max(x1, g_box[j, 0])
+                        and min(y2, g_box[j, 3]) > max(y1, g_box[j, 1])):
                     if step == 0:
-                        offsets[k + 1] += 1
+                        offsets[i + 1] += 1
                     else:
-                        pair_det[m] = i
                         pair_gt[m] = j
                         m += 1
-        if step == 0:
-            for k in range(n):
-                offsets[k + 1] += offsets[k]
-    return offsets, pair_det, pair_gt
+    return offsets, pair_gt
 
 
 @numba.njit(cache=True, nogil=True)
-def _greedy_match(offsets: np.ndarray, pair_gt: np.ndarray, ious: np.ndarray,
-                  difficult: np.ndarray, thresh: float, strict: bool,
-                  num_gt: int) -> np.ndarray:
-    """The devkit loop over sorted detections with precomputed candidate IoUs: detection ``k``
-    has pairs ``offsets[k]:offsets[k + 1]`` (ground truth in input order)."""
-    n = offsets.shape[0] - 1
-    out = np.zeros(n, np.int8)
-    taken = np.zeros(num_gt, np.bool_)
-    for k in range(n):
-        ovmax = -1.0
-        jmax = -1
-        for p in range(offsets[k], offsets[k + 1]):
-            if ious[p] > ovmax:
-                ovmax = ious[p]
-                jmax = pair_gt[p]
-        out[k] = _decide(ovmax, jmax, thresh, strict, difficult, taken)
-    return out
+def _pair_targets(offsets: np.ndarray, pair_gt: np.ndarray, ious: np.ndarray, thresh: float,
+                  strict: bool, difficult: np.ndarray, target: np.ndarray) -> None:
+    """Each detection's pair with the largest IoU (the first one on ties), reduced to
+    :func:`_target`."""
+    for i in range(offsets.shape[0] - 1):
+        best = -1.0
+        arg = -1
+        for p in range(offsets[i], offsets[i + 1]):
+            if ious[p] > best:
+                best = ious[p]
+                arg = pair_gt[p]
+        target[i] = _target(best, arg, thresh, strict, difficult)
+
+
+@numba.njit(cache=True, nogil=True)
+def _class_slots(labels: np.ndarray, num_classes: int, mid: int
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Class boundaries ``[C + 1]`` of the detections sorted by class, and the first slot of
+    each class for the detections ``:mid`` (row 0) and ``mid:`` (row 1)."""
+    count = np.zeros((2, num_classes), np.int64)
+    for i in range(labels.shape[0]):
+        count[0 if i < mid else 1, labels[i]] += 1
+    start = np.zeros(num_classes + 1, np.int64)
+    cursor = np.empty((2, num_classes), np.int64)
+    for c in range(num_classes):
+        cursor[0, c] = start[c]
+        cursor[1, c] = start[c] + count[0, c]
+        start[c + 1] = start[c] + count[0, c] + count[1, c]
+    return start, cursor
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix_sort(keys: np.ndarray, values: np.ndarray) -> None:
+    """Sort ``keys`` increasing, and ``values`` with them, stably, in place: an LSD radix sort
+    over the key bits that vary, in passes of at most 8 bits."""
+    n = keys.shape[0]
+    if n < 2:
+        return
+    diff = np.uint64(0)
+    for i in range(n):
+        diff |= keys[i] ^ keys[0]
+    if diff == 0:
+        return
+    lo = 0
+    while not (diff >> np.uint64(lo)) & np.uint64(1):
+        lo += 1
+    hi = 63
+    while not (diff >> np.uint64(hi)) & np.uint64(1):
+        hi -= 1
+    passes = (hi - lo + 8) // 8
+    width = (hi - lo + passes) // passes
+    mask = np.uint64((1 << width) - 1)
+    hist = np.zeros((passes, 1 << width), np.int64)
+    for i in range(n):
+        k = keys[i]
+        for p in range(passes):
+            hist[p, np.int64((k >> np.uint64(lo + p * width)) & mask)] += 1
+    src_k, src_v = keys, values
+    dst_k, dst_v = np.empty_like(keys), np.empty_like(values)
+    for p in range(passes):
+        start = hist[p]
+        total = 0
+        for v in range(1 << width):
+            c = start[v]
+            start[v] = total
+            total += c
+        shift = np.uint64(lo + p * width)
+        for i in range(n):
+            v = np.int64((src_k[i] >> shift) & mask)
+            dst_k[start[v]] = src_k[i]
+            dst_v[start[v]] = src_v[i]
+            start[v] += 1
+        src_k, dst_k = dst_k, src_k
+        src_v, dst_v = dst_v, src_v
+    if passes % 2:
+        keys[:] = src_k
+        values[:] = src_v
+
+
+@numba.njit(cache=True, nogil=True)
+def _class_curves(c_lo: int, c_hi: int, start: np.ndarray, keys: np.ndarray,
+                  targets: np.ndarray, npos: np.ndarray, taken: np.ndarray, rec: np.ndarray,
+                  prec: np.ndarray, count: np.ndarray) -> None:
+    """The devkit's loop for the classes ``c_lo:c_hi`` (those without countable ground truth
+    skipped): the class's detections sorted by decreasing score (ties in input order), each
+    decided from its :func:`_target` alone, turned into recall ``tp / npos`` and precision
+    ``tp / max(tp + fp, eps)`` at each counted detection, class ``c``'s written at
+    ``start[c]:start[c] + count[c]``."""
+    for c in range(c_lo, c_hi):
+        count[c] = 0
+        if npos[c] == 0:
+            continue
+        s, e = start[c], start[c + 1]
+        _radix_sort(keys[s:e], targets[s:e])
+        total = float(npos[c])
+        tp = 0.0
+        m = 0
+        for k in range(s, e):
+            t = targets[k]
+            if t == 1:
+                continue  # a difficult ground truth: neither TP nor FP
+            if t >= 2 and not taken[t - 2]:
+                taken[t - 2] = True
+                tp += 1.0
+            m += 1
+            rec[s + m - 1] = tp / total
+            prec[s + m - 1] = tp / max(float(m), _EPS)
+        count[c] = m
+
+
+def _curves(dt: Flat, gt: Flat, g_start: np.ndarray, num_classes: int, npos: np.ndarray,
+            plus_one: float, thresh: float, strict: bool, difficult: np.ndarray,
+            polygon_iou: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The PR curves of all classes: ``rec``, ``prec``, and class ``c``'s points at
+    ``start[c]:start[c] + count[c]`` in them; returns those and ``start``, ``count``.
+
+    1. In image order (boxes read in memory order), each detection's best-overlapping ground
+       truth, reduced to what its verdict depends on (there is no fall-back to the second
+       best), placed with its score key in its class's slots (a stable counting sort);
+    2. per class: a stable radix sort by decreasing score, then the devkit's loop over those.
+
+    Each step runs on two plain threads (halves of the detections, then of the classes;
+    GIL-free kernels, not numba's parallel loops, whose waiting threads spin) when the input
+    is large enough. A ground truth belongs to one class, so classes share no state.
+    """
+    n = len(dt)
+    threads = _WORKERS > 1 and n >= _THREADED_MIN
+    mid = n // 2 if threads else n
+    start, cursor = _class_slots(dt.labels, num_classes, mid)
+    target = np.empty(n, np.int64)  # image order
+    keys = np.empty(n, np.uint64)  # by class
+    targets = np.empty(n, np.int64)
+    score_bits = np.ascontiguousarray(dt.scores, np.float64).view(np.uint64)
+    pool = ThreadPoolExecutor(1) if threads else None
+    try:
+        if polygon_iou is None:
+            def run(lo: int, hi: int, row: int) -> None:
+                _box_targets(lo, hi, dt.image, dt.labels, dt.xyxy, g_start, gt.labels, gt.xyxy,
+                             plus_one, thresh, strict, difficult, target)
+                _place(lo, hi, cursor[row], dt.labels, score_bits, target, keys, targets)
+
+            if pool is None:
+                run(0, n, 0)
+            else:
+                other = pool.submit(run, mid, n, 1)
+                run(0, mid, 0)
+                other.result()
+        else:
+            offsets, pair_gt = _overlapping_pairs(dt.image, dt.labels, dt.xyxy, g_start,
+                                                  gt.labels, gt.xyxy)
+            pair_det = np.repeat(np.arange(n, dtype=np.int64), np.diff(offsets))
+            ious = polygon_iou(pair_det, pair_gt) if len(pair_gt) else np.zeros(0)
+            _pair_targets(offsets, pair_gt, np.ascontiguousarray(ious, np.float64), thresh,
+                          strict, difficult, target)
+            _place(0, mid, cursor[0], dt.labels, score_bits, target, keys, targets)
+            _place(mid, n, cursor[1], dt.labels, score_bits, target, keys, targets)
+        rec, prec = np.empty(n), np.empty(n)
+        count = np.zeros(num_classes, np.int64)
+        taken = np.zeros(len(gt), np.bool_)
+
+        def curves(c_lo: int, c_hi: int) -> None:
+            _class_curves(c_lo, c_hi, start, keys, targets, npos, taken, rec, prec, count)
+
+        if pool is None:
+            curves(0, num_classes)
+        else:
+            # Split the classes where the detections are halved.
+            c_mid = int(np.searchsorted(start, n // 2))
+            other = pool.submit(curves, c_mid, num_classes)
+            curves(0, c_mid)
+            other.result()
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return rec, prec, start, count
 
 
 def box_iou_pairs(a: np.ndarray, b: np.ndarray, *, plus_one: float = 0.0) -> np.ndarray:
@@ -249,9 +418,9 @@ def voc_style_ap(gt: Flat, dt: Flat, *, num_images: int, class_names: Sequence[s
                  ) -> EvalResult:
     """The VOC / DOTA matching and AP over flat arrays.
 
-    Box IoU (with ``plus_one`` added to widths and heights) is computed inside the matching
-    loop; with ``polygon_iou(det_idx, gt_idx)`` the pairs whose enclosing boxes overlap are
-    listed first and their IoUs computed in one call.
+    Box IoU (with ``plus_one`` added to widths and heights) is computed in the kernel that finds
+    each detection's best ground truth; with ``polygon_iou(det_idx, gt_idx)`` the pairs whose
+    boxes overlap are listed first and their IoUs computed in one call.
     """
     if match not in (">=", ">"):
         raise ConfigError(f"match must be '>=' or '>', not {match!r}")
@@ -259,36 +428,21 @@ def voc_style_ap(gt: Flat, dt: Flat, *, num_images: int, class_names: Sequence[s
     num_classes = len(class_names)
     # crowd / ignore ground truth counts as difficult: matched detections are not counted.
     difficult = gt.difficult | gt.ignore | gt.crowd
-    order, class_start = _sort_detections(dt.labels, dt.scores, num_classes)
     # Flat arrays are in image order: the ground truth of image i is g_start[i]:g_start[i + 1].
     g_start = np.searchsorted(gt.image, np.arange(num_images + 1), side="left")
-    strict = match == ">"
-    if polygon_iou is None:
-        state = _match_boxes(order, class_start, dt.labels, dt.image, dt.xyxy, g_start,
-                             gt.labels, gt.xyxy, difficult, iou, strict, float(plus_one))
-    else:
-        offsets, pair_det, pair_gt = _overlapping_pairs(order, dt.labels, dt.image, dt.xyxy,
-                                                        g_start, gt.labels, gt.xyxy)
-        ious = polygon_iou(pair_det, pair_gt) if len(pair_gt) else np.zeros(0)
-        state = _greedy_match(offsets, pair_gt, np.ascontiguousarray(ious, np.float64),
-                              difficult, iou, strict, len(gt))
-    counted = state >= 0
-    labels_sorted = dt.labels[order][counted]
-    tp = (state[counted] == 1).astype(np.float64)
-    fp = 1.0 - tp
     npos = np.bincount(gt.labels[~difficult], minlength=num_classes)[:num_classes]
-    starts = np.searchsorted(labels_sorted, np.arange(num_classes + 1))
+    rec_all, prec_all, starts, counts = _curves(dt, gt, g_start, num_classes, npos,
+                                                float(plus_one), iou, match == ">", difficult,
+                                                polygon_iou)
     per_class: dict[str, float] = {}
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for c, name in enumerate(class_names):
-        s, e = starts[c], starts[c + 1]
-        ctp, cfp = np.cumsum(tp[s:e]), np.cumsum(fp[s:e])
         if npos[c] == 0:
             per_class[name] = float("nan")
             curves[name] = (np.zeros(0), np.zeros(0))
             continue
-        rec = ctp / float(npos[c])
-        prec = ctp / np.maximum(ctp + cfp, _EPS)
+        s, e = starts[c], starts[c] + counts[c]
+        rec, prec = rec_all[s:e], prec_all[s:e]
         per_class[name] = average_precision(rec, prec, eleven_point=eleven_point)
         curves[name] = (rec, prec)
     aps = np.array([v for v in per_class.values() if not np.isnan(v)])
