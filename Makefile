@@ -42,9 +42,11 @@ test: $(VENV)/.installed-dev system-deps
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 
+# `make bench NAME=eval`; `danlu bench` lists the names. The train comparison also needs
+# `pip install -e '.[bench-train]'` (Ultralytics).
+NAME ?= boxes
 bench: $(VENV)/.installed-dev
-	$(BIN)/pip install -q -e '.[bench]'
-	$(BIN)/danlu bench boxes
+	$(BIN)/danlu bench $(NAME)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
