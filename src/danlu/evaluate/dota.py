@@ -49,7 +49,13 @@ from danlu.evaluate._common import (
     flatten,
 )
 from danlu.evaluate.result import EvalResult
-from danlu.evaluate.voc import Match, _decide, average_precision, voc_style_ap
+from danlu.evaluate.voc import (
+    Match,
+    _decide,
+    _overlapping_pairs,
+    average_precision,
+    voc_style_ap,
+)
 from danlu.structures import Dataset, Detections
 
 
@@ -128,35 +134,6 @@ def _enclosing(p: np.ndarray) -> np.ndarray:
         out[i, 2] = max(max(p[i, 0, 0], p[i, 1, 0]), max(p[i, 2, 0], p[i, 3, 0]))
         out[i, 3] = max(max(p[i, 0, 1], p[i, 1, 1]), max(p[i, 2, 1], p[i, 3, 1]))
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def _overlapping_pairs(d_image: np.ndarray, d_label: np.ndarray, d_box: np.ndarray,
-                       g_start: np.ndarray, g_label: np.ndarray, g_box: np.ndarray
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """For each detection, in input order: the ground truth of its image and class (in input
-    order) whose enclosing box overlaps its own with positive area. Returns ``offsets``
-    ``[D + 1]`` and ``pair_gt``; detection ``i`` has the pairs ``offsets[i]:offsets[i + 1]``."""
-    n = d_image.shape[0]
-    offsets = np.zeros(n + 1, np.int64)
-    pair_gt = np.empty(0, np.int64)
-    for step in range(2):
-        if step == 1:
-            for i in range(n):
-                offsets[i + 1] += offsets[i]
-            pair_gt = np.empty(offsets[n], np.int64)
-        for i in range(n):
-            m = offsets[i]
-            x1, y1, x2, y2 = d_box[i, 0], d_box[i, 1], d_box[i, 2], d_box[i, 3]
-            for j in range(g_start[d_image[i]], g_start[d_image[i] + 1]):
-                if (g_label[j] == d_label[i] and min(x2, g_box[j, 2]) > max(x1, g_box[j, 0])
-                        and min(y2, g_box[j, 3]) > max(y1, g_box[j, 1])):
-                    if step == 0:
-                        offsets[i + 1] += 1
-                    else:
-                        pair_gt[m] = j
-                        m += 1
-    return offsets, pair_gt
 
 
 @numba.njit(cache=True, nogil=True)
