@@ -232,3 +232,42 @@ def test_tiny_anchor_model_trains_with_data_anchors() -> None:
                         anchor_sizes=anchor_sizes_for("retinanet-tiny", wh))
     losses = model(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_fcos_head_depth_is_recorded_and_rebuilt() -> None:
+    tiny = build_model("fcos-tiny", num_classes=NUM_CLASSES, img_size=SIZE)
+    assert tiny.config["head_convs"] == 2
+    # torchvision's FCOS tower: conv + GroupNorm + ReLU per layer
+    assert len(tiny.model.head.classification_head.conv) == 2 * 3
+    deep = build_model("fcos-tiny", num_classes=NUM_CLASSES, img_size=SIZE, head_convs=4)
+    assert len(deep.model.head.regression_head.conv) == 4 * 3
+    again = build_model(**deep.config)
+    again.load_state_dict(deep.state_dict())  # same architecture
+    with pytest.raises(ConfigError, match="FCOS option"):
+        build_model("retinanet-tiny", num_classes=NUM_CLASSES, head_convs=2)
+    with pytest.raises(ConfigError, match="head_convs=0"):
+        build_model("fcos-tiny", num_classes=NUM_CLASSES, head_convs=0)
+
+
+def test_tiny_backbone_depths() -> None:
+    body = TinyBackbone(depths=(1, 1, 2, 3, 1))
+    assert [len(getattr(body, f"stage{i}")) for i in range(1, 6)] == [1, 1, 2, 3, 1]
+    assert body(torch.rand(1, 3, 64, 64)).shape == (1, 128, 2, 2)
+    with pytest.raises(ModelError, match="depths"):
+        TinyBackbone(depths=(1, 0, 2, 2, 2))
+
+
+def test_conv_detectors_are_channels_last_and_match_contiguous_outputs() -> None:
+    torch.manual_seed(0)
+    model = build_model("fcos-tiny", num_classes=NUM_CLASSES, img_size=SIZE,
+                        **LOW_THRESH["fcos"]).eval()
+    conv = model.model.backbone.body.stage2[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    images, _ = _batch()
+    with torch.no_grad():
+        got = model(images)
+        model.to(memory_format=torch.contiguous_format)
+        want = model(images)
+    for g, w in zip(got, want, strict=True):
+        assert len(w["scores"]) > 0
+        torch.testing.assert_close(g["scores"], w["scores"], rtol=1e-4, atol=1e-5)

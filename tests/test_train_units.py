@@ -194,3 +194,85 @@ def test_trainer_rejects_bad_data():
     ds = Dataset([Sample(np.zeros((8, 8, 3), np.uint8), 8, 8)], ["a"])
     with pytest.raises(DatasetError, match="differ"):
         Trainer(TrainConfig(), ds, Dataset(ds.samples, ["b"]), run_dir="unused")
+
+
+def _fit_by_simulation(seconds, step_s, val_s, per_epoch):
+    """Oracle: walk the clock step by step; a step counts if it and the validation that ends
+    its epoch (cut short or not) still fit."""
+    t, steps, best = 0.0, 0, 0
+    while True:
+        in_epoch = steps % per_epoch
+        t += step_s
+        steps += 1
+        if t + val_s > seconds + 1e-9:
+            return best
+        best = steps
+        if in_epoch + 1 == per_epoch:
+            t += val_s
+
+
+@given(st.floats(0, 500), st.floats(0.01, 5), st.floats(0, 20), st.integers(1, 30))
+def test_steps_that_fit_matches_a_clock_simulation(seconds, step_s, val_s, per_epoch):
+    from danlu.train.callbacks import steps_that_fit
+
+    got = steps_that_fit(seconds, step_s, val_s, per_epoch)
+    want = _fit_by_simulation(seconds, step_s, val_s, per_epoch)
+    assert got == want
+
+
+class _ClockTrainer:
+    """The parts of a Trainer that TimeBudget reads, on a fake clock."""
+
+    def __init__(self, epochs: int, per_epoch: int) -> None:
+        from types import SimpleNamespace
+
+        from danlu.train.schedule import LRSchedule
+
+        self.config = SimpleNamespace(epochs=epochs)
+        self.batches_per_epoch = self.epoch_batches = per_epoch
+        self.schedule = LRSchedule(1.0, epochs * per_epoch)
+        self.total_epochs, self.epoch, self.step, self.batch_in_epoch = epochs, 0, 0, 0
+        self.clock, self.stop_reason, self.events = 0.0, None, []
+
+    def elapsed_now(self) -> float:
+        return self.clock
+
+    def event(self, kind: str, **kw) -> None:
+        self.events.append(kind)
+
+    def request_stop(self, reason: str) -> None:
+        self.stop_reason = reason
+
+
+def test_time_budget_plans_growing_and_cuts_the_last_epoch():
+    from danlu.train.callbacks import TimeBudget
+
+    tb = TimeBudget(minutes=1.0)  # 60 s; 10 steps of 1 s + 2 s validation per epoch
+    t = _ClockTrainer(epochs=100, per_epoch=10)
+    t.step, t.clock = 10, 30.0  # a slow first epoch (warm-up): 28 s of steps, 2 s validation
+    tb.on_epoch_end(t, {"epoch_time": 30.0, "val_time": 2.0})
+    # 30 s * 0.98 planned: no full epoch of 2.8 s steps, but 9 steps and a validation
+    assert t.total_epochs == 2 and t.schedule.total_steps == 19
+    t.epoch, t.step, t.clock = 1, 20, 42.0  # the second epoch ran at speed: 10 + 2 s
+    tb.on_epoch_end(t, {"epoch_time": 12.0, "val_time": 2.0})
+    # the plan grows: 18 s * 0.98 left, one full epoch (12 s), then 3 steps and a validation
+    assert t.total_epochs == 4 and t.schedule.total_steps == 33
+    t.epoch, t.step, t.batch_in_epoch = 3, 32, 2
+    tb.on_step(t, {})
+    assert t.stop_reason is None
+    t.step, t.batch_in_epoch = 33, 3
+    tb.on_step(t, {})
+    assert t.stop_reason == "time"  # the partial last epoch ends at the planned step
+
+    t = _ClockTrainer(epochs=3, per_epoch=10)  # the epochs cap wins over a roomy budget
+    t.step, t.clock = 10, 12.0
+    tb.on_epoch_end(t, {"epoch_time": 12.0, "val_time": 2.0})
+    assert t.total_epochs == 3 and t.schedule.total_steps == 30 and t.stop_reason is None
+    t.epoch, t.step, t.clock = 2, 30, 36.0
+    tb.on_epoch_end(t, {"epoch_time": 12.0, "val_time": 2.0})
+    assert t.stop_reason is None  # the run completes: it did not run out of time
+
+    t = _ClockTrainer(epochs=100, per_epoch=10)  # nothing more fits
+    t.step, t.clock = 10, 59.0
+    tb.on_epoch_end(t, {"epoch_time": 12.0, "val_time": 2.0})
+    assert t.stop_reason == "time"

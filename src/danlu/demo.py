@@ -27,7 +27,7 @@ from typing import Any
 import orjson
 
 
-def run_demo(out: str | Path, *, num_images: int = 1000, epochs: int = 12,
+def run_demo(out: str | Path, *, num_images: int = 1000, epochs: int = 15,
              time_minutes: float | None = 6.5, img_size: int = 256, batch: int = 16,
              lr: float = 2e-3, seed: int = 0, device: str = "auto", workers: int = 0,
              pictures: int = 12, progress: bool | None = None, verbose: bool = True

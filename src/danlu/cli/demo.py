@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(Path("runs/demo"), "--out", help="Output folder."),
         num_images: int = typer.Option(1000, "--num-images", help="Shapes images to "
                                        "synthesize (80/10/10 train/val/test)."),
-        epochs: int = typer.Option(12, "--epochs", help="Most epochs to train."),
+        epochs: int = typer.Option(15, "--epochs", help="Most epochs to train."),
         time: float = typer.Option(6.5, "--time", help="Training time budget in minutes "
                                    "(0: none)."),
         img_size: int = typer.Option(256, "--img-size", help="Image side in pixels."),

@@ -37,6 +37,8 @@ from danlu.errors import ModelError
 
 #: Channels of the five stages of :class:`TinyBackbone`.
 TINY_CHANNELS = (16, 32, 64, 128, 128)
+#: Convolutions in each stage of :class:`TinyBackbone` (the first of each has stride 2).
+TINY_DEPTHS = (1, 2, 2, 2, 2)
 #: Channels of the tiny FPN.
 TINY_FPN_CHANNELS = 64
 
@@ -48,22 +50,31 @@ def _conv_bn_relu(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 class TinyBackbone(nn.Sequential):
     """A small plain CNN: five stages (``stage1`` ... ``stage5``), each a stride-2 conv-BN-ReLU
-    followed by a stride-1 conv-BN-ReLU, so stage ``k`` has stride ``2**k``.
+    followed by ``depth - 1`` stride-1 conv-BN-ReLUs, so stage ``k`` has stride ``2**k``.
 
     Args:
         channels: output channels of the five stages.
+        depths: convolutions per stage. The default has a single convolution in the first
+            stage: a stride-1 convolution at half resolution cost about a tenth of a training
+            step on a CPU for no measurable accuracy on the demo data.
 
     Sized to train a detector in minutes on 2 CPU cores (about 0.5 M parameters).
     """
 
-    def __init__(self, channels: Sequence[int] = TINY_CHANNELS) -> None:
+    def __init__(self, channels: Sequence[int] = TINY_CHANNELS,
+                 depths: Sequence[int] = TINY_DEPTHS) -> None:
+        if len(depths) != len(channels) or min(depths) < 1:
+            raise ModelError(f"depths {tuple(depths)} must give >= 1 convolution to each of "
+                             f"the {len(channels)} stages")
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         cin = 3
-        for i, c in enumerate(channels, start=1):
-            layers[f"stage{i}"] = nn.Sequential(_conv_bn_relu(cin, c, 2), _conv_bn_relu(c, c, 1))
+        for i, (c, d) in enumerate(zip(channels, depths, strict=True), start=1):
+            convs = [_conv_bn_relu(cin, c, 2)] + [_conv_bn_relu(c, c, 1) for _ in range(d - 1)]
+            layers[f"stage{i}"] = nn.Sequential(*convs)
             cin = c
         super().__init__(layers)
         self.channels = tuple(channels)
+        self.depths = tuple(depths)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -211,5 +222,6 @@ def mobilenet_backbone_fpn(
     return fpn, _extra_strides(strides, extra)
 
 
-__all__ = ["TinyBackbone", "TINY_CHANNELS", "TINY_FPN_CHANNELS", "tiny_fpn_backbone",
+__all__ = ["TinyBackbone", "TINY_CHANNELS", "TINY_DEPTHS", "TINY_FPN_CHANNELS",
+           "tiny_fpn_backbone",
            "resnet_backbone", "mobilenet_backbone_fpn", "load_state_dict_file"]

@@ -276,9 +276,35 @@ class EarlyStopping(Callback):
             trainer.request_stop("early_stopping")
 
 
+def steps_that_fit(seconds: float, step_seconds: float, val_seconds: float,
+                   steps_per_epoch: int) -> int:
+    """How many more optimizer steps fit in ``seconds`` when every epoch (of
+    ``steps_per_epoch`` steps, the last one possibly cut short) ends with a validation of
+    ``val_seconds``.
+
+    Example:
+        >>> steps_that_fit(100.0, step_seconds=1.0, val_seconds=5.0, steps_per_epoch=20)
+        80
+        >>> steps_that_fit(3.0, 1.0, 5.0, 20)  # not even the validation fits
+        0
+    """
+    step_seconds = max(float(step_seconds), 1e-9)
+    val_seconds = max(float(val_seconds), 0.0)
+    epoch_seconds = steps_per_epoch * step_seconds + val_seconds
+    full = int(max(seconds, 0.0) // epoch_seconds)
+    left = seconds - full * epoch_seconds - val_seconds
+    extra = min(int(left // step_seconds), steps_per_epoch - 1) if left > 0 else 0
+    return full * steps_per_epoch + extra
+
+
 class TimeBudget(Callback):
-    """Stop when ``minutes`` of training are spent; after each epoch, shorten the run (and its
-    learning-rate schedule) to the epochs that still fit."""
+    """Stop when ``minutes`` of training are spent. After each epoch, plan the rest from the
+    last epoch's step and validation times: the run (and its learning-rate schedule) is set to
+    the steps that still fit, growing or shrinking it within ``epochs``; the last epoch may be
+    cut short so that the budget is used, not left idle."""
+
+    #: fraction of the remaining time planned, a margin for timing noise
+    fill = 0.98
 
     def __init__(self, minutes: float) -> None:
         self.budget = float(minutes) * 60.0
@@ -286,20 +312,31 @@ class TimeBudget(Callback):
     def on_step(self, trainer: Trainer, logs: dict[str, float]) -> None:
         if trainer.elapsed_now() >= self.budget:
             trainer.request_stop("time")
+        elif (trainer.step >= trainer.schedule.total_steps
+              and trainer.batch_in_epoch < trainer.batches_per_epoch):
+            trainer.request_stop("time")  # the planned partial last epoch is done
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        if trainer.stop_reason is not None:
-            return
-        done = trainer.epoch + 1
+        if trainer.stop_reason is not None or trainer.epoch + 1 >= trainer.config.epochs:
+            return  # stopping already, or every epoch asked for is done
+        bpe = trainer.batches_per_epoch
+        val_seconds = float(row.get("val_time", 0.0))
+        step_seconds = (float(row["epoch_time"]) - val_seconds) / max(trainer.epoch_batches, 1)
         remaining = self.budget - trainer.elapsed_now()
-        fits = int(remaining // max(float(row["epoch_time"]), 1e-6))
-        new_total = max(min(trainer.config.epochs, done + fits), done)
-        if new_total < trainer.total_epochs:
-            trainer.event("time_budget", epochs=new_total, was=trainer.total_epochs,
-                          epoch_seconds=row["epoch_time"], remaining=remaining)
-            trainer.total_epochs = new_total
-            trainer.schedule.total_steps = max(new_total * trainer.batches_per_epoch,
-                                               trainer.step + 1)
+        fit = steps_that_fit(remaining * self.fill, step_seconds, val_seconds, bpe)
+        fit = min(fit, max(trainer.config.epochs * bpe - trainer.step, 0))
+        if fit == 0:
+            trainer.event("time_budget", steps=0, remaining=remaining)
+            trainer.request_stop("time")
+            return
+        total_steps = trainer.step + fit
+        total_epochs = trainer.epoch + 1 + -(-fit // bpe)
+        if (total_epochs, total_steps) != (trainer.total_epochs, trainer.schedule.total_steps):
+            trainer.event("time_budget", epochs=total_epochs, steps=total_steps,
+                          was=trainer.total_epochs, step_seconds=step_seconds,
+                          val_seconds=val_seconds, remaining=remaining)
+            trainer.total_epochs = total_epochs
+            trainer.schedule.total_steps = total_steps
 
 
 def default_callbacks(trainer: Trainer) -> list[Callback]:
@@ -322,4 +359,5 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
 
 
 __all__ = ["Callback", "ProgressBar", "ConsoleSummary", "CSVLogger", "TensorBoardLogger",
-           "Plots", "EarlyStopping", "TimeBudget", "default_callbacks", "read_results"]
+           "Plots", "EarlyStopping", "TimeBudget", "steps_that_fit", "default_callbacks",
+           "read_results"]

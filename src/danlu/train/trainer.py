@@ -572,8 +572,10 @@ class Trainer:
         cfg = self.config
         last_epoch = self.epoch + 1 >= self.total_epochs or self.stop_reason is not None
         metrics: dict[str, Any] = {}
+        val_start = time.monotonic()
         if (self.epoch + 1) % cfg.eval_every == 0 or last_epoch:
             metrics = self.validate()
+        val_time = time.monotonic() - val_start
         improved = False
         if metrics:
             self.metrics = metrics
@@ -590,6 +592,7 @@ class Trainer:
         row["AP50"] = metrics.get("AP50", float("nan"))
         row["AP"] = metrics.get("AP", float("nan"))
         row["epoch_time"] = time.monotonic() - epoch_start
+        row["val_time"] = val_time
         row["elapsed"] = self.elapsed_now()
         # results.csv, early stopping and the time budget act here, before last.pt is written
         self._call("on_epoch_end", row)
