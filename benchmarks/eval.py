@@ -22,6 +22,7 @@ import io
 import numpy as np
 
 from benchmarks._common import Row, measure
+from danlu.evaluate.reference import devkit_average_precisions, devkit_group
 from danlu.structures import Dataset, Detections, Sample
 
 TITLE = "eval"
@@ -151,132 +152,6 @@ def _peer(module: str, doc: dict, res: list[dict]):  # noqa: ANN202
     return run, holder
 
 
-# --- devkit-style references ----------
-def _ap(rec: np.ndarray, prec: np.ndarray, use_07: bool) -> float:
-    if use_07:
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            p = 0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
-            ap = ap + p / 11.0
-        return ap
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
-
-
-def _group(gt: Dataset, preds: list[Detections], oriented: bool) -> dict:
-    """Per class: ground truth per image and the detection list, as the devkits read files."""
-    out = {}
-    for c in range(len(gt.class_names)):
-        recs, npos = {}, 0
-        for i, s in enumerate(gt):
-            d = s.detections
-            m = d.labels == c
-            geom = d.polygons[m].reshape(-1, 8) if oriented else d.xyxy[m]
-            diff = (d.flag("difficult") | d.flag("iscrowd"))[m]
-            recs[i] = {"bbox": geom.astype(float), "difficult": diff}
-            npos += int((~diff).sum())
-        ids, conf, boxes = [], [], []
-        for i, p in enumerate(preds):
-            for k in np.flatnonzero(p.labels == c):
-                ids.append(i)
-                conf.append(float(p.scores[k]))
-                boxes.append((p.polygons[k].reshape(8) if oriented else p.xyxy[k])
-                             .astype(float))
-        out[c] = (recs, npos, ids, np.array(conf), boxes)
-    return out
-
-
-def reference_voc(grouped: dict, *, use_07: bool = False, thresh: float = 0.5) -> list[float]:
-    """py-faster-rcnn's voc_eval loop (with the MATLAB devkit's stable sort and ``>=``)."""
-    aps = []
-    for c in sorted(grouped):
-        recs, npos, ids, conf, boxes = grouped[c]
-        det = {i: [False] * len(r["difficult"]) for i, r in recs.items()}
-        order = np.argsort(-conf, kind="stable")
-        tp, fp = np.zeros(len(order)), np.zeros(len(order))
-        for d, k in enumerate(order):
-            r, bb = recs[ids[k]], boxes[k]
-            ovmax, jmax = -np.inf, -1
-            g = r["bbox"]
-            if g.size:
-                iw = np.maximum(np.minimum(g[:, 2], bb[2]) - np.maximum(g[:, 0], bb[0]), 0.0)
-                ih = np.maximum(np.minimum(g[:, 3], bb[3]) - np.maximum(g[:, 1], bb[1]), 0.0)
-                inters = iw * ih
-                uni = ((bb[2] - bb[0]) * (bb[3] - bb[1])
-                       + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inters)
-                overlaps = inters / uni
-                ovmax, jmax = np.max(overlaps), int(np.argmax(overlaps))
-            if ovmax >= thresh:
-                if not r["difficult"][jmax]:
-                    if not det[ids[k]][jmax]:
-                        tp[d] = 1.0
-                        det[ids[k]][jmax] = True
-                    else:
-                        fp[d] = 1.0
-            else:
-                fp[d] = 1.0
-        if npos == 0:
-            aps.append(float("nan"))
-            continue
-        fp, tp = np.cumsum(fp), np.cumsum(tp)
-        aps.append(_ap(tp / npos, tp / np.maximum(tp + fp, np.finfo(np.float64).eps), use_07))
-    return aps
-
-
-def reference_dota(grouped: dict, *, use_07: bool = True, thresh: float = 0.5) -> list[float]:
-    """DOTA_devkit's task 1 loop: +1-pixel horizontal pre-filter, then polygon IoU per kept
-    ground truth (shapely here, polyiou there), ``ovmax > thresh``."""
-    import shapely
-
-    aps = []
-    for c in sorted(grouped):
-        recs, npos, ids, conf, boxes = grouped[c]
-        det = {i: [False] * len(r["difficult"]) for i, r in recs.items()}
-        gpolys = {i: shapely.polygons(r["bbox"].reshape(-1, 4, 2)) for i, r in recs.items()}
-        order = np.argsort(-conf, kind="stable")
-        tp, fp = np.zeros(len(order)), np.zeros(len(order))
-        for d, k in enumerate(order):
-            r, bb = recs[ids[k]], boxes[k]
-            ovmax, jmax = -np.inf, -1
-            g = r["bbox"]
-            if g.size:
-                gx0, gy0 = g[:, 0::2].min(1), g[:, 1::2].min(1)
-                gx1, gy1 = g[:, 0::2].max(1), g[:, 1::2].max(1)
-                bx0, by0, bx1, by1 = bb[0::2].min(), bb[1::2].min(), bb[0::2].max(), \
-                    bb[1::2].max()
-                iw = np.maximum(np.minimum(gx1, bx1) - np.maximum(gx0, bx0) + 1.0, 0.0)
-                ih = np.maximum(np.minimum(gy1, by1) - np.maximum(gy0, by0) + 1.0, 0.0)
-                inters = iw * ih
-                uni = ((bx1 - bx0 + 1.0) * (by1 - by0 + 1.0)
-                       + (gx1 - gx0 + 1.0) * (gy1 - gy0 + 1.0) - inters)
-                keep = np.where(inters / uni > 0)[0]
-                if len(keep):
-                    gp = gpolys[ids[k]][keep]
-                    bp = shapely.polygons(bb.reshape(4, 2))
-                    inter = shapely.area(shapely.intersection(gp, bp))
-                    ovs = inter / (shapely.area(gp) + shapely.area(bp) - inter)
-                    ovmax, jmax = np.max(ovs), int(keep[int(np.argmax(ovs))])
-            if ovmax > thresh:
-                if not r["difficult"][jmax]:
-                    if not det[ids[k]][jmax]:
-                        tp[d] = 1.0
-                        det[ids[k]][jmax] = True
-                    else:
-                        fp[d] = 1.0
-            else:
-                fp[d] = 1.0
-        if npos == 0:
-            aps.append(float("nan"))
-            continue
-        fp, tp = np.cumsum(fp), np.cumsum(tp)
-        aps.append(_ap(tp / npos, tp / np.maximum(tp + fp, np.finfo(np.float64).eps), use_07))
-    return aps
-
-
 def _aps_agree(ours: dict[str, float], ref: list[float]) -> bool:
     a, b = np.array(list(ours.values())), np.array(ref)
     return bool(np.array_equal(np.isnan(a), np.isnan(b))
@@ -318,23 +193,25 @@ def run(quick: bool = False) -> list[Row]:
         rows.append(Row(coco_case, ours_s, peer.replace("_", "-"), peer_s, agree, goal))
 
     # VOC all-point vs the devkit loop
-    grouped = _group(gt, preds, oriented=False)
+    grouped = devkit_group(gt, preds)
     voc: dict = {}
     ours_s = measure(lambda: voc.update(r=evaluate(gt, preds, protocol="voc12")),
                      repeat=3 if quick else 5)
     ref: dict = {}
-    ref_s = measure(lambda: ref.update(aps=reference_voc(grouped)), repeat=1, warmup=0)
+    ref_s = measure(lambda: ref.update(aps=devkit_average_precisions(grouped, use_07=False)),
+                    repeat=1, warmup=0)
     rows.append(Row(f"VOC all-point, {case}, {gt.num_boxes} GT, {dets} dets", ours_s,
                     "devkit loop (voc_eval)", ref_s, _aps_agree(voc["r"].per_class, ref["aps"]),
                     ">= 50x faster"))
 
     # DOTA task 1 vs the devkit loop
     gt_o, preds_o = make_data(num_images, classes=15, oriented=True, seed=1)
-    grouped = _group(gt_o, preds_o, oriented=True)
+    grouped = devkit_group(gt_o, preds_o, oriented=True, difficult_flags=("difficult",))
     dota: dict = {}
     ours_s = measure(lambda: dota.update(r=evaluate(gt_o, preds_o, protocol="dota")),
                      repeat=3 if quick else 5)
-    ref_s = measure(lambda: ref.update(aps=reference_dota(grouped)), repeat=1, warmup=0)
+    ref_s = measure(lambda: ref.update(aps=devkit_average_precisions(
+        grouped, use_07=True, match=">", plus_one=1.0, oriented=True)), repeat=1, warmup=0)
     dets_o = sum(len(p) for p in preds_o)
     rows.append(Row(f"DOTA task 1, {case}, {gt_o.num_boxes} GT, {dets_o} dets", ours_s,
                     "devkit loop (task1 + shapely)", ref_s,

@@ -8,100 +8,18 @@ import numpy as np
 import pytest
 
 from danlu import evaluate
+from danlu.evaluate.reference import devkit_dota
 from danlu.structures import Dataset, Detections, Sample
 
 shapely = pytest.importorskip("shapely")
-from shapely.geometry import Polygon  # noqa: E402
 
 CLASSES = ["plane", "ship", "harbor", "never"]
 
 
-def oracle_ap(rec: np.ndarray, prec: np.ndarray, use_07: bool) -> float:
-    if use_07:
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            p = 0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
-            ap = ap + p / 11.0
-        return ap
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
-
-
-def poly_iou(a: np.ndarray, b: np.ndarray) -> float:
-    pa, pb = Polygon(a.reshape(4, 2)), Polygon(b.reshape(4, 2))
-    inter = pa.intersection(pb).area
-    union = pa.area + pb.area - inter
-    return inter / union if union > 0 else 0.0
-
-
 def oracle_dota(gt: Dataset, preds: list[Detections], *, task: int, use_07: bool = True,
                 iou: float = 0.5) -> dict[str, float]:
-    aps = {}
-    for c, name in enumerate(gt.class_names):
-        recs, npos = {}, 0
-        for i, s in enumerate(gt):
-            d = s.detections
-            m = d.labels == c
-            geom = d.polygons[m].reshape(-1, 8) if task == 1 else d.xyxy[m]
-            diff = d.flag("difficult")[m]
-            recs[i] = {"bbox": geom.astype(float), "difficult": diff,
-                       "det": [False] * int(m.sum())}
-            npos += int((~diff).sum())
-        image_ids, conf, boxes = [], [], []
-        for i, p in enumerate(preds):
-            for k in np.flatnonzero(p.labels == c):
-                image_ids.append(i)
-                conf.append(float(p.scores[k]))
-                boxes.append((p.polygons[k].reshape(8) if task == 1 else p.xyxy[k]).astype(float))
-        order = np.argsort(-np.array(conf), kind="stable")
-        tp, fp = np.zeros(len(order)), np.zeros(len(order))
-        for d, k in enumerate(order):
-            r, bb = recs[image_ids[k]], boxes[k]
-            ovmax, jmax = -np.inf, -1
-            g = r["bbox"]
-            if g.size:
-                if task == 1:
-                    gx0, gy0 = g[:, 0::2].min(1), g[:, 1::2].min(1)
-                    gx1, gy1 = g[:, 0::2].max(1), g[:, 1::2].max(1)
-                    bx0, by0, bx1, by1 = bb[0::2].min(), bb[1::2].min(), bb[0::2].max(), \
-                        bb[1::2].max()
-                else:
-                    gx0, gy0, gx1, gy1 = g[:, 0], g[:, 1], g[:, 2], g[:, 3]
-                    bx0, by0, bx1, by1 = bb
-                iw = np.maximum(np.minimum(gx1, bx1) - np.maximum(gx0, bx0) + 1.0, 0.0)
-                ih = np.maximum(np.minimum(gy1, by1) - np.maximum(gy0, by0) + 1.0, 0.0)
-                inters = iw * ih
-                uni = ((bx1 - bx0 + 1.0) * (by1 - by0 + 1.0)
-                       + (gx1 - gx0 + 1.0) * (gy1 - gy0 + 1.0) - inters)
-                overlaps = inters / uni
-                if task == 1:
-                    keep = np.where(overlaps > 0)[0]
-                    if len(keep):
-                        ovs = [poly_iou(g[j], bb) for j in keep]
-                        ovmax, jmax = np.max(ovs), int(keep[int(np.argmax(ovs))])
-                else:
-                    ovmax, jmax = np.max(overlaps), int(np.argmax(overlaps))
-            if ovmax > iou:
-                if not r["difficult"][jmax]:
-                    if not r["det"][jmax]:
-                        tp[d] = 1.0
-                        r["det"][jmax] = True
-                    else:
-                        fp[d] = 1.0
-            else:
-                fp[d] = 1.0
-        if npos == 0:
-            aps[name] = float("nan")
-            continue
-        fp, tp = np.cumsum(fp), np.cumsum(tp)
-        rec = tp / float(npos)
-        prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        aps[name] = oracle_ap(rec, prec, use_07)
-    return aps
+    """DOTA_devkit's loop (danlu.evaluate.reference; polygon IoU by shapely)."""
+    return devkit_dota(gt, preds, task=task, use_07=use_07, iou=iou)
 
 
 def rotated(cx, cy, w, h, a) -> np.ndarray:  # noqa: ANN001

@@ -10,81 +10,18 @@ from hypothesis import strategies as st
 
 from danlu import evaluate
 from danlu.errors import ConfigError
+from danlu.evaluate.reference import devkit_ap, devkit_voc
 from danlu.evaluate.voc import average_precision
 from danlu.structures import Dataset, Detections, Sample
 
 CLASSES = ["a", "b", "c", "never"]
 
 
-# --- the oracle ---------------------------------------------------------------------------------
-def oracle_ap(rec: np.ndarray, prec: np.ndarray, use_07: bool) -> float:
-    if use_07:
-        ap = 0.0
-        for t in np.arange(0.0, 1.1, 0.1):
-            p = 0 if np.sum(rec >= t) == 0 else np.max(prec[rec >= t])
-            ap = ap + p / 11.0
-        return ap
-    mrec = np.concatenate(([0.0], rec, [1.0]))
-    mpre = np.concatenate(([0.0], prec, [0.0]))
-    for i in range(mpre.size - 1, 0, -1):
-        mpre[i - 1] = max(mpre[i - 1], mpre[i])
-    i = np.where(mrec[1:] != mrec[:-1])[0]
-    return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
-
-
+# --- the oracle: danlu.evaluate.reference, the devkit loop -------------------------------------
 def oracle_voc(gt: Dataset, preds: list[Detections], *, use_07: bool, iou: float = 0.5,
                strict: bool = False, plus_one: float = 0.0) -> dict[str, float]:
-    """The devkit algorithm, one class at a time, one detection at a time."""
-    aps = {}
-    for c, name in enumerate(gt.class_names):
-        recs, npos = {}, 0
-        for i, s in enumerate(gt):
-            d = s.detections
-            m = d.labels == c
-            diff = (d.flag("difficult") | d.flag("ignore") | d.flag("iscrowd"))[m]
-            recs[i] = {"bbox": d.xyxy[m].astype(float), "difficult": diff,
-                       "det": [False] * int(m.sum())}
-            npos += int((~diff).sum())
-        image_ids, conf, boxes = [], [], []
-        for i, p in enumerate(preds):
-            for k in np.flatnonzero(p.labels == c):
-                image_ids.append(i)
-                conf.append(float(p.scores[k]))
-                boxes.append(p.xyxy[k].astype(float))
-        order = np.argsort(-np.array(conf), kind="stable")  # MATLAB's sort is stable
-        tp, fp = np.zeros(len(order)), np.zeros(len(order))
-        for d, k in enumerate(order):
-            r, bb = recs[image_ids[k]], boxes[k]
-            ovmax, jmax = -np.inf, -1
-            g = r["bbox"]
-            if g.size:
-                iw = np.maximum(np.minimum(g[:, 2], bb[2]) - np.maximum(g[:, 0], bb[0])
-                                + plus_one, 0.0)
-                ih = np.maximum(np.minimum(g[:, 3], bb[3]) - np.maximum(g[:, 1], bb[1])
-                                + plus_one, 0.0)
-                inters = iw * ih
-                uni = ((bb[2] - bb[0] + plus_one) * (bb[3] - bb[1] + plus_one)
-                       + (g[:, 2] - g[:, 0] + plus_one) * (g[:, 3] - g[:, 1] + plus_one)
-                       - inters)
-                overlaps = inters / uni
-                ovmax, jmax = np.max(overlaps), int(np.argmax(overlaps))
-            if (ovmax > iou) if strict else (ovmax >= iou):
-                if not r["difficult"][jmax]:
-                    if not r["det"][jmax]:
-                        tp[d] = 1.0
-                        r["det"][jmax] = True
-                    else:
-                        fp[d] = 1.0
-            else:
-                fp[d] = 1.0
-        if npos == 0:
-            aps[name] = float("nan")
-            continue
-        fp, tp = np.cumsum(fp), np.cumsum(tp)
-        rec = tp / float(npos)
-        prec = tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
-        aps[name] = oracle_ap(rec, prec, use_07)
-    return aps
+    return devkit_voc(gt, preds, use_07=use_07, iou=iou, match=">" if strict else ">=",
+                      plus_one=plus_one)
 
 
 # --- random cases -------------------------------------------------------------------------------
@@ -278,3 +215,13 @@ def test_radix_sort_is_stable() -> None:
         k, v = keys.copy(), values.copy()
         _radix_sort(k, v)
         assert np.array_equal(v, expected) and np.array_equal(k, keys[expected])
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), max_size=40), st.booleans())
+def test_average_precision_matches_the_devkit_formula(hits, eleven):
+    tp = np.cumsum([h for h, _ in hits], dtype=float)
+    fp = np.cumsum([not h for h, _ in hits], dtype=float)
+    npos = max(int(tp[-1]) if len(tp) else 0, 1) + (hits[0][1] if hits else 0)
+    rec, prec = tp / npos, tp / np.maximum(tp + fp, np.finfo(np.float64).eps)
+    want = devkit_ap(rec, prec, eleven)
+    assert abs(average_precision(rec, prec, eleven_point=eleven) - want) <= 1e-12

@@ -140,3 +140,29 @@ def test_demo_miniature_end_to_end(tmp_path, capsys):
                  "eval/metrics.json", "eval/pr_curves.png"):
         assert (out / name).is_file(), name
     assert len(list((out / "pictures").glob("*.png"))) == doc["images"]
+
+
+def test_anchor_models_fit_their_anchors_to_the_training_boxes(tmp_path):
+    import numpy as np
+
+    from danlu.models import anchor_sizes_for, build_model
+    from danlu.train.checkpoint import load_checkpoint
+
+    data = _shapes(8, size=128)  # boxes 12-28 px at 128, so 6-14 px at img_size 64
+    wh = np.concatenate([s.detections.xyxy[:, 2:] - s.detections.xyxy[:, :2]
+                         for s in data.samples]) * 0.5
+    want = [float(v) for v in anchor_sizes_for("retinanet-tiny", wh)]
+    kw = dict(model="retinanet-tiny", epochs=1, max_steps=1, val_split=0, plots=False,
+              final_eval=False, verbose=False, **TINY)
+    danlu.train(data, out=tmp_path / "auto", **kw)
+    got = load_checkpoint(tmp_path / "auto" / "last.pt")["model_config"]["anchor_sizes"]
+    assert [level[0] for level in got] == want
+    assert any(e["event"] == "anchors" for e in _events(tmp_path / "auto"))
+    danlu.train(data, out=tmp_path / "default", anchors="default", **kw)
+    default = build_model("retinanet-tiny", num_classes=4, img_size=64).config["anchor_sizes"]
+    got = load_checkpoint(tmp_path / "default" / "last.pt")["model_config"]["anchor_sizes"]
+    assert got == default and got[0][0] != want[0]
+    # a resumed run keeps the anchors it was built with, whatever the data now
+    r = danlu.train(resume=tmp_path / "auto", epochs=2, max_steps=2, data=_shapes(8, size=64))
+    got = load_checkpoint(r.last)["model_config"]["anchor_sizes"]
+    assert [level[0] for level in got] == want

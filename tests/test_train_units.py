@@ -276,3 +276,20 @@ def test_time_budget_plans_growing_and_cuts_the_last_epoch():
     t.step, t.clock = 10, 59.0
     tb.on_epoch_end(t, {"epoch_time": 12.0, "val_time": 2.0})
     assert t.stop_reason == "time"
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "resize"])
+def test_training_box_sizes_in_model_pixels_from_a_dataset_and_its_pack(tmp_path, mode):
+    from danlu.data.pack import PackedDataset, pack_dataset
+    from danlu.train.data import training_box_sizes
+
+    flags = {"iscrowd": np.array([False, True, False])}
+    det = Detections(np.array([[0, 0, 40, 20], [5, 5, 10, 10], [10, 30, 70, 90]], np.float32),
+                     np.array([0, 0, 1]), flags=flags)
+    wide = Sample(np.zeros((100, 200, 3), np.uint8), 200, 100, det, id="wide")
+    ds = Dataset([wide], ["a", "b"])
+    got = training_box_sizes(ds, 100, mode)
+    sx, sy = (0.5, 0.5) if mode == "letterbox" else (0.5, 1.0)  # the crowd box is left out
+    np.testing.assert_allclose(got, [[40 * sx, 20 * sy], [60 * sx, 60 * sy]])
+    pk = PackedDataset(pack_dataset(ds, tmp_path / "d.pack", 50, mode=mode))
+    np.testing.assert_allclose(training_box_sizes(pk, 100, mode), got, rtol=1e-5)

@@ -41,6 +41,9 @@ def register(app: typer.Typer) -> None:
         model: str = typer.Option(_D.model, "--model", help="Model name (danlu.models)."),
         weights: str = typer.Option(None, "--weights", help="Initial weights for the model "
                                     "builder."),
+        anchors: str = typer.Option(_D.anchors, "--anchors", help="auto (fit the anchor "
+                                    "sizes of RetinaNet / Faster R-CNN to the training boxes "
+                                    "when training from scratch) or default."),
         epochs: int = typer.Option(_D.epochs, "--epochs", help="Passes over the data."),
         device: str = typer.Option(_D.device, "--device", help="auto (cuda > mps > cpu), cpu, "
                                    "cuda, cuda:N, mps."),

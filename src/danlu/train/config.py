@@ -25,6 +25,7 @@ SCHEDULES = ("cosine", "step", "constant")
 AUGMENTS = ("flips", "default", "none")
 RESIZES = ("letterbox", "resize")
 OPTIMIZERS = ("adamw", "sgd")
+ANCHORS = ("auto", "default")
 
 
 @dataclass
@@ -37,6 +38,10 @@ class TrainConfig:
         data_format: the dataset format (voc, coco, yolo, dota); None guesses.
         model: model name for :func:`danlu.models.build_model` (e.g. ``fcos-tiny``).
         weights: initial weights for the model builder (None: random init).
+        anchors: ``auto`` derives the anchor sizes of anchor-based models (RetinaNet,
+            Faster R-CNN) from the training boxes at ``img_size`` (see
+            :func:`danlu.models.anchor_sizes_from_boxes`) when training from random init;
+            ``default`` keeps the model family's. FCOS and SSD have no anchors to fit.
         epochs: number of passes over the training set.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         batch: images per step.
@@ -88,6 +93,7 @@ class TrainConfig:
     data_format: str | None = None
     model: str = "fcos-tiny"
     weights: str | None = None
+    anchors: str = "auto"
     epochs: int = 10
     device: str = "auto"
     batch: int = 16
@@ -176,7 +182,8 @@ class TrainConfig:
         if self.time is not None and self.time <= 0:
             raise bad("time", "expected minutes > 0")
         for name, allowed in (("schedule", SCHEDULES), ("augment", AUGMENTS),
-                              ("resize", RESIZES), ("optimizer", OPTIMIZERS)):
+                              ("resize", RESIZES), ("optimizer", OPTIMIZERS),
+                              ("anchors", ANCHORS)):
             if getattr(self, name) not in allowed:
                 raise bad(name, "expected one of " + ", ".join(allowed))
 

@@ -75,6 +75,40 @@ def training_boxes(det: Detections) -> Detections:
     return det if keep.all() else det[keep]
 
 
+def _wh(det: Detections) -> np.ndarray:
+    xyxy = np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4)
+    return xyxy[:, 2:] - xyxy[:, :2]
+
+
+def training_box_sizes(data: Any, img_size: int, resize: str = "letterbox") -> np.ndarray:
+    """Widths and heights ``[N, 2]`` (float64) of every training box (see
+    :func:`training_boxes`) in the pixels the model sees after the resize to ``img_size``.
+
+    ``data`` is a :class:`Dataset` (sizes from each sample's ``width`` and ``height``) or a
+    packed dataset with ``img_size`` (its boxes are in pack pixels, rescaled to ``img_size``).
+    Without either (another :class:`ImageSource`) every image is read.
+    """
+    parts: list[np.ndarray] = []
+    if isinstance(data, Dataset):
+        for sample in data.samples:
+            det = training_boxes(sample.detections)
+            w, h = max(sample.width, 1), max(sample.height, 1)
+            sx, sy = ((img_size / max(w, h),) * 2 if resize == "letterbox"
+                      else (img_size / w, img_size / h))
+            parts.append(_wh(det) * (sx, sy))
+    else:
+        source = as_source(data)
+        packed_size = getattr(data, "img_size", None)
+        for i in range(len(source)):
+            if packed_size is not None and hasattr(data, "detections"):
+                det, k = data.detections(i), img_size / packed_size
+            else:
+                image, det = source.load(i)
+                k = img_size / max(image.shape[:2])
+            parts.append(_wh(training_boxes(det)) * k)
+    return np.concatenate(parts) if parts else np.zeros((0, 2))
+
+
 # -- datasets -----------------------------------------------------------------------------------
 class ImageSource(Protocol):
     """What :class:`DetectionDataset` reads: any indexable collection of images with boxes."""
@@ -252,4 +286,5 @@ def make_loader(dataset: DetectionDataset, sampler: torch.utils.data.Sampler,
 
 
 __all__ = ["DetectionDataset", "EpochBatchSampler", "collate", "make_loader", "resize_image",
-           "unscale_detections", "training_boxes", "ImageSource", "as_source"]
+           "unscale_detections", "training_boxes", "training_box_sizes", "ImageSource",
+           "as_source"]

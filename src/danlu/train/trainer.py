@@ -248,6 +248,9 @@ class Trainer:
         cfg = self.config
         self.model_config = {"name": cfg.model, "num_classes": len(self.class_names),
                              "img_size": cfg.img_size, "weights": cfg.weights}
+        sizes = self.anchor_sizes()
+        if sizes is not None:
+            self.model_config["anchor_sizes"] = sizes
         model = build_model(**self.model_config)
         described = getattr(model, "config", None)
         if isinstance(described, dict):  # the builder's own full description wins
@@ -276,6 +279,26 @@ class Trainer:
     @property
     def unwrapped_model(self) -> nn.Module:
         return getattr(self.model, "module", self.model)
+
+    def anchor_sizes(self) -> list[float] | list[list[float]] | None:
+        """The anchor sizes to build the model with: a resumed run's own, else (``anchors:
+        auto``, random init, an anchor-based model) sizes fitted to the training boxes."""
+        from danlu.models import anchor_sizes_for, uses_anchors
+
+        cfg = self.config
+        if self.resume_from is not None:
+            saved = load_checkpoint(self.resume_from, map_location="cpu").get("model_config", {})
+            return saved.get("anchor_sizes") if uses_anchors(cfg.model) else None
+        if cfg.anchors != "auto" or cfg.weights is not None or not uses_anchors(cfg.model):
+            return None
+        from danlu.train.data import training_box_sizes
+
+        wh = training_box_sizes(self.train_data, cfg.img_size, cfg.resize)
+        if not (wh > 0).all(axis=1).any():
+            return None  # no box to fit: the family's defaults
+        sizes = anchor_sizes_for(cfg.model, wh)
+        self.event("anchors", sizes=list(sizes), boxes=len(wh))
+        return list(sizes)
 
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         """AdamW (or SGD) with no weight decay on biases and normalisation weights."""
