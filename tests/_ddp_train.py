@@ -74,4 +74,6 @@ if __name__ == "__main__":
     args = sys.argv[1:]
     steps = int(args[args.index("--max-steps") + 1]) if "--max-steps" in args else 0
     result = run(args[0], max_steps=steps, resume="--resume" in args)
-    print("RESULT", result.steps, result.stop_reason, flush=True)
+    # one write per rank, so the two ranks' lines cannot interleave mid-line
+    sys.stdout.write(f"RESULT {result.steps} {result.stop_reason}\n")
+    sys.stdout.flush()

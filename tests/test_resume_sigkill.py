@@ -113,7 +113,7 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
     def rows(run):
         lines = (run / "results.csv").read_text().splitlines()
         header = lines[0].split(",")
-        drop = {header.index("epoch_time"), header.index("elapsed")}
+        drop = {header.index(k) for k in ("epoch_time", "val_time", "elapsed")}
         return [[v for i, v in enumerate(line.split(",")) if i not in drop] for line in lines]
 
     assert rows(project / "full") == rows(killed)

@@ -196,28 +196,21 @@ def test_trainer_rejects_bad_data():
         Trainer(TrainConfig(), ds, Dataset(ds.samples, ["b"]), run_dir="unused")
 
 
-def _fit_by_simulation(seconds, step_s, val_s, per_epoch):
-    """Oracle: walk the clock step by step; a step counts if it and the validation that ends
-    its epoch (cut short or not) still fit."""
-    t, steps, best = 0.0, 0, 0
-    while True:
-        in_epoch = steps % per_epoch
-        t += step_s
-        steps += 1
-        if t + val_s > seconds + 1e-9:
-            return best
-        best = steps
-        if in_epoch + 1 == per_epoch:
-            t += val_s
+def _cost(steps: int, step_s: float, val_s: float, per_epoch: int) -> float:
+    """Oracle: seconds for ``steps`` steps when every started epoch ends with a validation."""
+    return steps * step_s + -(-steps // per_epoch) * val_s
 
 
+@settings(max_examples=300)
 @given(st.floats(0, 500), st.floats(0.01, 5), st.floats(0, 20), st.integers(1, 30))
-def test_steps_that_fit_matches_a_clock_simulation(seconds, step_s, val_s, per_epoch):
+def test_steps_that_fit_is_the_most_that_fit(seconds, step_s, val_s, per_epoch):
     from danlu.train.callbacks import steps_that_fit
 
-    got = steps_that_fit(seconds, step_s, val_s, per_epoch)
-    want = _fit_by_simulation(seconds, step_s, val_s, per_epoch)
-    assert got == want
+    n = steps_that_fit(seconds, step_s, val_s, per_epoch)
+    tol = 1e-6  # float rounding at an exact boundary may go either way
+    assert n >= 0
+    assert _cost(n, step_s, val_s, per_epoch) <= seconds + tol
+    assert _cost(n + 1, step_s, val_s, per_epoch) > seconds - tol
 
 
 class _ClockTrainer:

@@ -290,8 +290,9 @@ def steps_that_fit(seconds: float, step_seconds: float, val_seconds: float,
     """
     step_seconds = max(float(step_seconds), 1e-9)
     val_seconds = max(float(val_seconds), 0.0)
+    seconds = max(float(seconds), 0.0) + 1e-9  # what fits exactly, fits (despite rounding)
     epoch_seconds = steps_per_epoch * step_seconds + val_seconds
-    full = int(max(seconds, 0.0) // epoch_seconds)
+    full = int(seconds // epoch_seconds)
     left = seconds - full * epoch_seconds - val_seconds
     extra = min(int(left // step_seconds), steps_per_epoch - 1) if left > 0 else 0
     return full * steps_per_epoch + extra
