@@ -166,3 +166,17 @@ def test_anchor_models_fit_their_anchors_to_the_training_boxes(tmp_path):
     r = danlu.train(resume=tmp_path / "auto", epochs=2, max_steps=2, data=_shapes(8, size=64))
     got = load_checkpoint(r.last)["model_config"]["anchor_sizes"]
     assert [level[0] for level in got] == want
+
+
+def test_img_size_auto_is_resolved_from_the_data_and_recorded(tmp_path, capsys):
+    data = save_dataset(_shapes(8, size=160), tmp_path / "data", "yolo")
+    code = main(["--quiet", "train", "--data", str(data), "--img-size", "auto", "--batch", "4",
+                 "--max-steps", "1", "--val-split", "0", "--no-plots", "--no-final-eval",
+                 "--device", "cpu", "--project", str(tmp_path / "runs"), "--name", "a",
+                 "--json"])
+    assert code == 0
+    cfg = yaml.safe_load((tmp_path / "runs" / "a" / "config.yaml").read_text())
+    assert cfg["img_size"] == 160
+    capsys.readouterr()
+    assert main(["train", "--data", str(data), "--img-size", "big"]) == 2
+    assert "--img-size" in capsys.readouterr().err

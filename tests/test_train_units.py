@@ -286,3 +286,24 @@ def test_training_box_sizes_in_model_pixels_from_a_dataset_and_its_pack(tmp_path
     np.testing.assert_allclose(got, [[40 * sx, 20 * sy], [60 * sx, 60 * sy]])
     pk = PackedDataset(pack_dataset(ds, tmp_path / "d.pack", 50, mode=mode))
     np.testing.assert_allclose(training_box_sizes(pk, 100, mode), got, rtol=1e-5)
+
+
+def test_input_size_follows_the_data_within_bounds(tmp_path):
+    from danlu.data.pack import PackedDataset, pack_dataset
+    from danlu.train.data import input_size_for
+
+    def sized(*sides):
+        return Dataset([Sample(np.zeros((h, w, 3), np.uint8), w, h, id=i)
+                        for i, (w, h) in enumerate(sides)], ["a"])
+
+    assert input_size_for(sized((500, 375), (640, 480), (333, 500))) == 512  # median 500
+    assert input_size_for(sized((300, 200), (310, 200))) == 320  # 305 -> nearest 32
+    assert input_size_for(sized((40, 30))) == 128  # thumbnails: the floor
+    assert input_size_for(sized((12000, 9000))) == 1024  # huge scenes: the cap (tile them)
+    pk = PackedDataset(pack_dataset(sized((64, 48)), tmp_path / "p.pack", 96))
+    assert input_size_for(pk) == 96  # a pack is already sized
+    with pytest.raises(ConfigError, match="no images"):
+        input_size_for(Dataset([], ["a"]))
+    assert TrainConfig.from_dict({"img_size": "auto"}).img_size == "auto"
+    with pytest.raises(ConfigError, match="img-size"):
+        TrainConfig.from_dict({"img_size": "big"})

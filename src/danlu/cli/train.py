@@ -48,7 +48,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option(_D.device, "--device", help="auto (cuda > mps > cpu), cpu, "
                                    "cuda, cuda:N, mps."),
         batch: int = typer.Option(_D.batch, "--batch", help="Images per step."),
-        img_size: int = typer.Option(_D.img_size, "--img-size", help="Input side in pixels."),
+        img_size: str = typer.Option(str(_D.img_size), "--img-size", help="Input side in "
+                                     "pixels, or auto (the training images' median longer "
+                                     "side, rounded to 32, within 128-1024)."),
         resize: str = typer.Option(_D.resize, "--resize", help="letterbox or resize (stretch)."),
         optimizer: str = typer.Option(_D.optimizer, "--optimizer", help="adamw or sgd."),
         lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate."),
@@ -130,6 +132,8 @@ def register(app: typer.Typer) -> None:
         values = {k: v for k, v in locals().items()
                   if k not in ("ctx", "config", "exist_ok", "as_json", "train")}
         given = _explicit(ctx, values)
+        if "img_size" in given:
+            given["img_size"] = _img_size(given["img_size"])
         if "step_milestones" in given:
             given["step_milestones"] = _floats(given["step_milestones"], "--step-milestones")
         run_kwargs = {"progress": show_progress(), "verbose": not _common._quiet["on"]}
@@ -159,3 +163,15 @@ def _floats(text: str, option: str) -> list[float]:
         return [float(x) for x in str(text).split(",") if x.strip()]
     except ValueError as e:
         raise ConfigError(f"{option}: expected comma-separated numbers, got {text!r}") from e
+
+
+def _img_size(text: str) -> int | str:
+    from danlu.errors import ConfigError
+
+    if str(text).strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError as e:
+        raise ConfigError(f"--img-size: expected a number of pixels or auto, got {text!r}") \
+            from e

@@ -168,6 +168,10 @@ def _train(data: Any, model: str | None, epochs: int | None, out: str | Path | N
         cfg = cfg.merged({"name": run_dir.name, "project": str(run_dir.parent)})
 
     train_data, val_data = _datasets(data, val, cfg)
+    if cfg.img_size == "auto":  # resolved once; the run's config records the number
+        from danlu.train.data import input_size_for
+
+        cfg = cfg.merged({"img_size": input_size_for(train_data)})
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")

@@ -46,6 +46,9 @@ class TrainConfig:
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda``, ``cuda:1``, ``mps``.
         batch: images per step.
         img_size: input size; images are resized (``resize``) to ``img_size x img_size``.
+            ``"auto"`` follows the training data (:func:`danlu.train.data.input_size_for`:
+            the median longer image side, rounded to 32, within 128 ... 1024) and is replaced
+            by that number in the run's config.
         resize: ``letterbox`` (keep the aspect ratio, pad right/bottom) or ``resize``
             (stretch to a square), as :mod:`danlu.data.pack` stores images.
         optimizer: ``adamw`` or ``sgd`` (momentum ``momentum``, Nesterov).
@@ -97,7 +100,7 @@ class TrainConfig:
     epochs: int = 10
     device: str = "auto"
     batch: int = 16
-    img_size: int = 256
+    img_size: int | str = 256
     resize: str = "letterbox"
     optimizer: str = "adamw"
     lr: float = 2e-3
@@ -150,8 +153,11 @@ class TrainConfig:
                                f"(got {getattr(self, name)!r})")
 
         for name in ("epochs", "batch", "img_size", "eval_every", "ohem_batch"):
+            if name == "img_size" and self.img_size == "auto":
+                continue
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise bad(name, "expected an integer >= 1")
+                raise bad(name, "expected an integer >= 1" + (" or 'auto'" if name == "img_size"
+                                                              else ""))
         for name in ("workers", "patience", "save_every_steps", "max_steps", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "expected an integer >= 0")

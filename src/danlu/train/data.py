@@ -16,8 +16,8 @@ Example:
     >>> img = np.zeros((50, 100, 3), np.uint8)
     >>> ds = Dataset([Sample(img, 100, 50, Detections([[10, 10, 50, 30]], [0]))], ["a"])
     >>> item = DetectionDataset(ds, img_size=64)[0]
-    >>> tuple(item["image"].shape), item["boxes"].tolist()
-    ((3, 64, 64), [[6.400000095367432, 6.400000095367432, 32.0, 19.200000762939453]])
+    >>> tuple(item["image"].shape), [round(v, 3) for v in item["boxes"][0].tolist()]
+    ((3, 64, 64), [6.4, 6.4, 32.0, 19.2])
     >>> s = EpochBatchSampler(10, batch_size=4, seed=0)
     >>> s.set_epoch(1, start_batch=1)
     >>> [len(b) for b in s]
@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from danlu.errors import ConfigError
 from danlu.structures import Dataset, Detections
 
 MIN_BOX_SIZE = 1.0  # pixels, in the resized frame; smaller boxes are dropped for training
@@ -57,7 +58,10 @@ def resize_image(image: np.ndarray, size: int, mode: str = "letterbox"
         from danlu.data.pack import resize_image as pack_resize
 
         out, (sx, sy) = pack_resize(image, size, mode)
-    return torch.from_numpy(np.ascontiguousarray(out)).permute(2, 0, 1).contiguous(), sx, sy
+    out = np.ascontiguousarray(out)
+    if not out.flags.writeable:  # e.g. PIL's buffer: torch wants memory it may write
+        out = out.copy()
+    return torch.from_numpy(out).permute(2, 0, 1).contiguous(), sx, sy
 
 
 def unscale_detections(det: Detections, sx: float, sy: float, width: int | None = None,
@@ -73,6 +77,33 @@ def training_boxes(det: Detections) -> Detections:
     """The boxes to train on: those not flagged ``ignore`` or ``iscrowd``."""
     keep = ~(det.flag("ignore") | det.flag("iscrowd"))
     return det if keep.all() else det[keep]
+
+
+def input_size_for(data: Any, *, multiple: int = 32, low: int = 128, high: int = 1024) -> int:
+    """The input size that follows a training set: the median longer image side, rounded to
+    the nearest multiple of ``multiple`` (the detectors' coarsest stride) and clamped to
+    ``[low, high]`` (so that neither tiny thumbnails nor 10,000-pixel scenes, which want
+    tiling, set it). A packed dataset answers its own stored size.
+
+    Example:
+        >>> from danlu.structures import Dataset, Sample
+        >>> ds = Dataset([Sample(None, 500, 375), Sample(None, 640, 480),
+        ...               Sample(None, 333, 500)], ["a"])
+        >>> input_size_for(ds)
+        512
+    """
+    packed = getattr(data, "img_size", None)
+    if not isinstance(data, Dataset) and isinstance(packed, int):
+        return packed
+    if isinstance(data, Dataset):
+        sides = [max(s.width, s.height) for s in data.samples]
+    else:
+        source = as_source(data)
+        sides = [max(source.load(i)[0].shape[:2]) for i in range(len(source))]
+    if not sides:
+        raise ConfigError("img_size auto: the training data has no images")
+    size = int(round(float(np.median(sides)) / multiple)) * multiple
+    return int(min(max(size, low), high))
 
 
 def _wh(det: Detections) -> np.ndarray:
@@ -286,5 +317,6 @@ def make_loader(dataset: DetectionDataset, sampler: torch.utils.data.Sampler,
 
 
 __all__ = ["DetectionDataset", "EpochBatchSampler", "collate", "make_loader", "resize_image",
-           "unscale_detections", "training_boxes", "training_box_sizes", "ImageSource",
+           "unscale_detections", "training_boxes", "training_box_sizes", "input_size_for",
+           "ImageSource",
            "as_source"]
