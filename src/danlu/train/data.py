@@ -107,8 +107,9 @@ def input_size_for(data: Any, *, multiple: int = 32, low: int = 128, high: int =
 
 
 def _wh(det: Detections) -> np.ndarray:
-    xyxy = np.asarray(det.xyxy, dtype=np.float64).reshape(-1, 4)
-    return xyxy[:, 2:] - xyxy[:, :2]
+    from danlu.boxes import box_convert
+
+    return box_convert(np.asarray(det.xyxy, np.float64).reshape(-1, 4), "xyxy", "xywh")[:, 2:]
 
 
 def training_box_sizes(data: Any, img_size: int, resize: str = "letterbox") -> np.ndarray:
@@ -119,14 +120,14 @@ def training_box_sizes(data: Any, img_size: int, resize: str = "letterbox") -> n
     packed dataset with ``img_size`` (its boxes are in pack pixels, rescaled to ``img_size``).
     Without either (another :class:`ImageSource`) every image is read.
     """
+    from danlu.data.pack import resized_shape
+
     parts: list[np.ndarray] = []
     if isinstance(data, Dataset):
         for sample in data.samples:
-            det = training_boxes(sample.detections)
             w, h = max(sample.width, 1), max(sample.height, 1)
-            sx, sy = ((img_size / max(w, h),) * 2 if resize == "letterbox"
-                      else (img_size / w, img_size / h))
-            parts.append(_wh(det) * (sx, sy))
+            nw, nh = resized_shape(w, h, img_size, resize)  # the scale training applies
+            parts.append(_wh(training_boxes(sample.detections)) * (nw / w, nh / h))
     else:
         source = as_source(data)
         packed_size = getattr(data, "img_size", None)

@@ -170,6 +170,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.loss_fn = loss_fn
         self.resume_from = Path(resume_from) if resume_from is not None else None
+        self._resume_ckpt: dict[str, Any] | None = None
         self.rank, self.world_size = int(rank), int(world_size)
         self.local_rank = int(local_rank)
         self.is_main = self.rank == 0
@@ -286,8 +287,8 @@ class Trainer:
         from danlu.models import anchor_sizes_for, uses_anchors
 
         cfg = self.config
-        if self.resume_from is not None:
-            saved = load_checkpoint(self.resume_from, map_location="cpu").get("model_config", {})
+        if self._resume_ckpt is not None:
+            saved = self._resume_ckpt.get("model_config", {})
             return saved.get("anchor_sizes") if uses_anchors(cfg.model) else None
         if cfg.anchors != "auto" or cfg.weights is not None or not uses_anchors(cfg.model):
             return None
@@ -371,6 +372,9 @@ class Trainer:
         if self.device.type == "cpu" or self.world_size <= 1:
             self.device = resolve_device(cfg.device)
         seed_everything(cfg.seed)
+        # read once: the model is built from it (anchor sizes) and its state restored at the end
+        self._resume_ckpt = (load_checkpoint(self.resume_from, map_location=self.device)
+                             if self.resume_from is not None else None)
         model = self.build_model().to(self.device)
         self.ema = ModelEMA(model, cfg.ema_decay, cfg.ema_tau) if cfg.ema else None
         self.optimizer = self.build_optimizer(model)
@@ -390,8 +394,9 @@ class Trainer:
         self.schedule = LRSchedule(cfg.lr, cfg.epochs * self.batches_per_epoch, warmup,
                                    kind=cfg.schedule, min_lr_ratio=cfg.min_lr_ratio,
                                    milestones=cfg.step_milestones, gamma=cfg.step_gamma)
-        if self.resume_from is not None:
-            self.load_state(load_checkpoint(self.resume_from, map_location=self.device))
+        if self._resume_ckpt is not None:
+            self.load_state(self._resume_ckpt)
+            self._resume_ckpt = None  # its tensors are copied into the model and optimizer
 
     def state_dict(self) -> dict[str, Any]:
         """The resumable training state (checkpoint-safe values only)."""
