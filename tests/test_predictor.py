@@ -12,11 +12,11 @@ from PIL import Image
 import danlu
 from danlu.data.synth import synthesize
 from danlu.errors import DatasetError, ModelError
-from danlu.infer.predictor import Predictor, build_model_from_checkpoint, score_threshold_holder
+from danlu.infer.predictor import Predictor, score_threshold_holder
+from danlu.models.checkpoint import build_model_from_checkpoint, load_checkpoint
+from danlu.models.transform import InputTransform
 from danlu.structures import Detections, Sample
 from danlu.testing import assert_detections_close
-from danlu.train.checkpoint import load_checkpoint
-from danlu.train.data import resize_image
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,8 @@ def test_predictor_needs_only_the_checkpoint_and_scales_boxes_back(ckpt):
     assert (det.scores >= 0.001).all()
     assert (det.xyxy[:, [0, 2]] <= 150).all() and (det.xyxy[:, [1, 3]] <= 90).all()
     # the same as running the model on the letterboxed image and dividing by the scale
-    tensor, sx, sy = resize_image(img, 64)
+    tensor, frame = InputTransform(64).image(img)
+    sx, sy = frame.scale
     raw = p.predict_tensor(tensor[None])[0]
     expected = raw.scale(1 / sx, 1 / sy)
     expected.xyxy = np.clip(expected.xyxy, 0, np.array([150, 90, 150, 90], np.float32))

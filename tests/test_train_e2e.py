@@ -14,7 +14,8 @@ from danlu.cli.main import main
 from danlu.data.io import save_dataset
 from danlu.data.synth import synthesize
 from danlu.errors import ConfigError
-from danlu.train.callbacks import Callback, read_results
+from danlu.train.callbacks import Callback
+from danlu.train.results import read_results
 
 pytest.importorskip("danlu.models")
 

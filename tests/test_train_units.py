@@ -23,13 +23,8 @@ from danlu.train.checkpoint import (
     set_rng_state,
 )
 from danlu.train.config import TrainConfig
-from danlu.train.data import (
-    DetectionDataset,
-    EpochBatchSampler,
-    collate,
-    resize_image,
-    unscale_detections,
-)
+from danlu.models.transform import InputTransform
+from danlu.train.data import DetectionDataset, EpochBatchSampler, collate
 from danlu.train.ema import ModelEMA
 from danlu.train.schedule import LRSchedule
 
@@ -118,14 +113,16 @@ def test_sampler_epochs_differ_and_shards_cover():
 def test_resize_and_unscale_roundtrip_on_a_wide_image():
     img = np.zeros((40, 100, 3), np.uint8)
     img[10:20, 30:60] = 255
-    tensor, sx, sy = resize_image(img, 50)
+    letterbox = InputTransform(50)
+    tensor, frame = letterbox.image(img)
     assert tensor.shape == (3, 50, 50) and tensor.dtype == torch.uint8
     assert int(tensor[0, 45, 0]) == 114  # letterbox padding at the bottom
     det = Detections([[30, 10, 60, 20]], [0], scores=[0.9])
-    back = unscale_detections(det.scale(sx, sy), sx, sy, 100, 40)
+    back = letterbox.back(letterbox.boxes(det, frame), frame)
     np.testing.assert_allclose(back.xyxy, det.xyxy, atol=1e-4)
-    t2, sx2, sy2 = resize_image(img, 64, "resize")
-    assert t2.shape == (3, 64, 64) and (sx2, sy2) == (0.64, 1.6)
+    assert letterbox.frame(100, 40) == frame  # the same frame without touching pixels
+    t2, frame2 = InputTransform(64, "resize").image(img)
+    assert t2.shape == (3, 64, 64) and frame2.scale == (0.64, 1.6)
 
 
 def test_detection_dataset_drops_ignored_and_tiny_boxes_and_collates():
@@ -133,11 +130,15 @@ def test_detection_dataset_drops_ignored_and_tiny_boxes_and_collates():
                      flags={"ignore": [False, False, True]})
     ds = Dataset([Sample(np.zeros((80, 80, 3), np.uint8), 80, 80, det, id="a")], ["x", "y"])
     item = DetectionDataset(ds, 40)[0]
-    assert item["boxes"].tolist() == [[0, 0, 20, 20]] and item["labels"].tolist() == [0]
+    target = item["target"]
+    assert target["boxes"].tolist() == [[0, 0, 20, 20]] and target["labels"].tolist() == [0]
     batch = collate([item, item])
     assert batch["images"].shape == (2, 3, 40, 40) and batch["indices"].tolist() == [0, 0]
     raw = DetectionDataset(ds, 40, train=False)[0]
-    assert len(raw["boxes"]) == 3
+    assert len(raw["target"]["boxes"]) == 3
+    # the flags (and polygons) the data has travel with the boxes through collate
+    assert batch["targets"][0]["ignore"].tolist() == [False]
+    assert raw["target"]["ignore"].tolist() == [False, False, True]
 
 
 # -- checkpoints --------------------------------------------------------------------------------
@@ -235,6 +236,10 @@ class _ClockTrainer:
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason
+
+    def replan(self, total_steps: int, total_epochs: int, **why) -> None:
+        """The seam TimeBudget plans through (Trainer.replan)."""
+        self.total_epochs, self.schedule.total_steps = total_epochs, total_steps
 
 
 def test_time_budget_plans_growing_and_cuts_the_last_epoch():

@@ -20,9 +20,16 @@ _LAZY = {
     "load_dataset": "danlu.data.io",
     "save_dataset": "danlu.data.io",
     "evaluate": "danlu.evaluate.api",
-    "train": "danlu.train.api",
     "Predictor": "danlu.infer.predictor",
 }
+
+
+# danlu.train is a room and a function: import the (light) room package first, which binds
+# the name to it, then bind the function over it (see danlu._entry).
+import danlu.train  # noqa: E402, F401  (the import itself is the point)
+from danlu._entry import RoomFunction  # noqa: E402
+
+train = RoomFunction("danlu.train", "danlu.train.api", "train")
 
 
 def __getattr__(name: str) -> Any:

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -413,5 +413,41 @@ class Dataset:
         """The detections of every sample, in order."""
         return [s.detections for s in self.samples]
 
+    # -- the TrainingData protocol ---------------------------------------------------------
+    def item_size(self, index: int) -> tuple[int, int]:
+        """``(width, height)`` of sample ``index``, as its annotation states (no decode)."""
+        s = self.samples[index]
+        return s.width, s.height
 
-__all__ = ["Detections", "Sample", "Dataset", "compare_detections", "polygons_to_enclosing_xyxy"]
+    def item_boxes(self, index: int) -> Detections:
+        """The detections of sample ``index`` (no pixels read)."""
+        return self.samples[index].detections
+
+    def load_item(self, index: int) -> tuple[np.ndarray, Detections]:
+        """Sample ``index``'s decoded ``HxWx3`` uint8 image and its detections."""
+        s = self.samples[index]
+        return s.load_image(), s.detections
+
+
+@runtime_checkable
+class TrainingData(Protocol):
+    """What training reads: implemented by :class:`Dataset` and by
+    :class:`~danlu.data.pack.PackedDataset` (and by anything else with these members).
+
+    ``item_size(i)`` is the ``(width, height)`` of the image ``load_item(i)`` returns, and
+    ``item_boxes(i)`` its boxes in that image's pixels, both without decoding pixels.
+    """
+
+    class_names: list[str]
+
+    def __len__(self) -> int: ...
+
+    def item_size(self, index: int) -> tuple[int, int]: ...
+
+    def item_boxes(self, index: int) -> Detections: ...
+
+    def load_item(self, index: int) -> tuple[np.ndarray, Detections]: ...
+
+
+__all__ = ["Detections", "Sample", "Dataset", "TrainingData", "compare_detections",
+           "polygons_to_enclosing_xyxy"]

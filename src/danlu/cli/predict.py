@@ -41,6 +41,13 @@ def register(app: typer.Typer) -> None:
                                               help="Keep detections scoring at least this."),
         batch: int = typer.Option(8, "--batch", help="Images per forward pass."),
         draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn PNGs."),
+        nms: str = typer.Option("hard", "--nms", help="Suppression: hard (class-aware, "
+                                "default), agnostic, soft-linear, soft-gaussian, wbf, nmm, "
+                                "greedy-nmm, iou-guided, none."),
+        iou: float = typer.Option(None, "--iou", help="IoU threshold of the suppression "
+                                  "(default: the model's own, usually 0.5)."),
+        max_det: int = typer.Option(None, "--max-det", help="Detections per image (default: "
+                                    "the model's own cap)."),
         as_json: bool = typer.Option(False, "--json", help="Print predictions.json's "
                                      "document on stdout."),
     ) -> None:
@@ -50,13 +57,14 @@ def register(app: typer.Typer) -> None:
         "width", "height", "detections": {"xyxy", "labels", "scores"}}]}, boxes in image
         pixels) and OUT/images/*.png with the boxes drawn.
 
-        Example: danlu predict runs/exp/best.pt photos/ --out preds
+        Example: danlu predict runs/exp/best.pt photos/ --out preds --nms soft-gaussian
         """
         from danlu.infer.predictor import predict_files
 
         doc = predict_files(checkpoint, image_paths(images), out, device=device,
                             score_threshold=score_threshold, batch_size=batch, draw=draw,
-                            progress=lambda xs: track(xs, "predict"))
+                            progress=lambda xs: track(xs, "predict"), nms=nms, iou=iou,
+                            max_detections=max_det)
         if as_json:
             print_json(doc)
         else:

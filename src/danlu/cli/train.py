@@ -88,6 +88,14 @@ def register(app: typer.Typer) -> None:
         augment: str = typer.Option(_D.augment, "--augment", help="flips, default or none."),
         eval_every: int = typer.Option(_D.eval_every, "--eval-every", help="Evaluate every N "
                                        "epochs."),
+        val_protocol: str = typer.Option(_D.val_protocol, "--val-protocol", help="What judges "
+                                         "validation: auto (DOTA for oriented boxes, else "
+                                         "COCO), coco, voc07, voc12, dota, dota-hbb."),
+        best_metric: str = typer.Option(_D.best_metric, "--best-metric", help="The validation "
+                                        "number that picks best.pt (auto: AP for COCO, mAP "
+                                        "otherwise; or AP50, AP75 ...)."),
+        best_mode: str = typer.Option(_D.best_mode, "--best-mode", help="max (higher is "
+                                      "better) or min."),
         save_every_steps: int = typer.Option(_D.save_every_steps, "--save-every-steps",
                                              help="Also write last.pt every N steps."),
         score_threshold: float = typer.Option(_D.score_threshold, "--score-threshold"),

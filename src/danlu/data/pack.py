@@ -317,6 +317,19 @@ class PackedDataset:
             polygons=np.array(m["polygons"][a:b]) if "polygons" in m else None,
             flags={k: np.array(m[f"flag_{k}"][a:b]) for k in self._flags})
 
+    # -- the TrainingData protocol (danlu.structures.TrainingData) ---------------------------
+    def item_size(self, index: int) -> tuple[int, int]:
+        """``(width, height)`` of stored image ``index``: the pack's square."""
+        return self.img_size, self.img_size
+
+    def item_boxes(self, index: int) -> Detections:
+        """The boxes of image ``index`` in pack pixels (no pixels read)."""
+        return self.detections(index)
+
+    def load_item(self, index: int) -> tuple[np.ndarray, Detections]:
+        """Stored image ``index`` and its boxes, in pack pixels."""
+        return self.image(index), self.detections(index)
+
     def __getitem__(self, index: int) -> tuple[np.ndarray, Detections]:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} images")

@@ -1,13 +1,18 @@
 """The Predictor: a trained detector as a function from images to :class:`Detections`.
 
 ``Predictor(path)`` needs nothing but a danlu checkpoint (``best.pt`` / ``last.pt`` or a run
-folder): the checkpoint holds the model config, the class names and the input size. Images are
-resized exactly as in training (letterbox to ``img_size``) and boxes are scaled back to each
-original image.
+folder): the checkpoint holds the model config, the class names and the input size. Images go
+through the model's :class:`~danlu.models.transform.InputTransform` (the letterbox training
+used) and detections come back in each original image's pixels.
+
+The model gives candidates; danlu decides: the torchvision detector's own suppression is
+switched off while predicting, and :class:`~danlu.infer.postprocess.PostProcess` (hard NMS by
+default, with the model's own IoU threshold and detection cap, so the default output equals
+torchvision's) chooses the final boxes with :mod:`danlu.boxes`.
 
 Example:
     >>> from danlu import Predictor                                      # doctest: +SKIP
-    >>> p = Predictor("runs/exp/best.pt", device="auto")                  # doctest: +SKIP
+    >>> p = Predictor("runs/exp/best.pt", device="auto", nms="soft-gaussian")  # doctest: +SKIP
     >>> det = p.predict("image.jpg")          # Detections in the image's pixels  # doctest: +SKIP
     >>> [p.class_names[i] for i in det.labels], det.scores                # doctest: +SKIP
 """
@@ -24,36 +29,24 @@ import torch
 from torch import nn
 
 from danlu.errors import DatasetError, ModelError
+from danlu.infer.postprocess import PostProcess
+from danlu.models.checkpoint import build_model_from_checkpoint, load_checkpoint
+from danlu.models.device import resolve_device
+from danlu.models.transform import Frame, InputTransform
 from danlu.structures import Dataset, Detections, Sample
-from danlu.train.data import resize_image, unscale_detections
-from danlu.train.device import resolve_device
 
 ImageInput = str | Path | bytes | np.ndarray | torch.Tensor | Sample | Any
 
 
-def build_model_from_checkpoint(ckpt: dict[str, Any], *, weights: str = "model") -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights (``model`` = the weights
-    to predict with, EMA when EMA was on)."""
-    from danlu.models import build_model
-
-    config = dict(ckpt["model_config"])
-    config["weights"] = None  # the checkpoint carries the weights; never fetch pretrained ones
-    try:
-        model = build_model(**config)
-    except TypeError as e:
-        raise ModelError(f"cannot rebuild model from checkpoint config {config}: {e}") from e
-    state = ckpt["model"] if weights == "model" else ckpt["train"][weights]
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise ModelError(f"checkpoint weights do not fit model {config.get('name')!r}: "
-                         f"{str(e).splitlines()[0]}") from e
-    return model
+#: an IoU threshold no pair of boxes exceeds: torchvision's suppression keeps every candidate
+_NO_SUPPRESSION = 2.0
+_NO_CAP = 1_000_000
 
 
 def score_threshold_holder(model: nn.Module) -> Any:
-    """The module whose ``score_thresh`` filters a torchvision detector's output (the model
-    itself, a danlu ``Detector``'s ``.model``, or Faster R-CNN's ``roi_heads``), or None."""
+    """The module whose ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` drive a
+    torchvision detector's post-processing (the model itself, a danlu ``Detector``'s
+    ``.model``, or Faster R-CNN's ``roi_heads``), or None."""
     for candidate in (model, getattr(model, "model", None)):
         if candidate is None:
             continue
@@ -104,13 +97,19 @@ class Predictor:
             (a torchvision-style detector: eval mode returns ``boxes/labels/scores`` dicts).
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda`` ...
         score_threshold: drop detections scoring below this.
+        nms: the suppression (:data:`~danlu.infer.postprocess.METHODS`): ``hard`` (default,
+            class-aware, torchvision's result), ``agnostic``, ``soft-linear``,
+            ``soft-gaussian``, ``wbf``, ``nmm``, ``greedy-nmm``, ``iou-guided``, ``none``.
+        iou: its IoU threshold (default: the model's own, 0.5 when it has none).
+        max_detections: detections per image (default: the model's own cap, else 100).
         class_names / img_size / resize: needed only with a live module (a checkpoint has them).
         batch_size: images per forward pass.
         amp: float16 autocast on CUDA (off by default: boxes are decoded at full precision).
     """
 
     def __init__(self, model: str | Path | nn.Module, device: str | torch.device = "auto",
-                 score_threshold: float = 0.05, *, class_names: Sequence[str] | None = None,
+                 score_threshold: float = 0.05, *, nms: str = "hard", iou: float | None = None,
+                 max_detections: int | None = None, class_names: Sequence[str] | None = None,
                  img_size: int | None = None, resize: str = "letterbox", batch_size: int = 8,
                  amp: bool = False) -> None:
         self.device = resolve_device(device)
@@ -122,70 +121,94 @@ class Predictor:
                 raise ModelError("Predictor(module) needs img_size (a checkpoint carries it)")
             self.model = model
             self.class_names = list(class_names) if class_names is not None else []
-            self.img_size = int(img_size)
-            self.resize = resize
+            self.transform = InputTransform(int(img_size), resize)
             self.model_config: dict[str, Any] = {}
         else:
-            from danlu.train.checkpoint import load_checkpoint
-
             ckpt = load_checkpoint(model)
             self.checkpoint_path = Path(model)
             self.model = build_model_from_checkpoint(ckpt)
             self.class_names = list(ckpt["class_names"])
-            self.img_size = int(ckpt["img_size"])
-            self.resize = str(ckpt.get("resize", "letterbox"))
+            self.transform = InputTransform.from_checkpoint(ckpt)
             self.model_config = dict(ckpt["model_config"])
         self.model.to(self.device)
         self.amp = bool(amp)
+        holder = score_threshold_holder(self.model)
+        own_iou = getattr(holder, "nms_thresh", None)
+        own_cap = getattr(holder, "detections_per_img", None)
+        self.postprocess = PostProcess(
+            nms, iou_threshold=float(iou if iou is not None else own_iou or 0.5),
+            max_detections=int(max_detections if max_detections is not None
+                               else own_cap or 100))
+
+    @property
+    def img_size(self) -> int:
+        return self.transform.size
+
+    @property
+    def resize(self) -> str:
+        return self.transform.mode
 
     # -- core ------------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _eval_mode(self, score_threshold: float) -> Iterator[None]:
-        """Eval mode and the model's own score threshold at most ours, restored afterwards."""
+    def _candidate_mode(self, score_threshold: float) -> Iterator[None]:
+        """Eval mode, the model's score threshold at most ours, and its own suppression and
+        detection cap switched off (candidates come out); restored afterwards."""
         was_training = self.model.training
         holder = score_threshold_holder(self.model)
-        old = None if holder is None else holder.score_thresh
+        names = ("score_thresh", "nms_thresh", "detections_per_img")
+        old = {k: getattr(holder, k) for k in names if hasattr(holder, k)}
         self.model.eval()
         if holder is not None:
-            holder.score_thresh = min(float(old), score_threshold)
+            holder.score_thresh = min(float(old["score_thresh"]), score_threshold)
+            if "nms_thresh" in old:
+                holder.nms_thresh = _NO_SUPPRESSION
+            if "detections_per_img" in old:
+                holder.detections_per_img = _NO_CAP
         try:
             yield
         finally:
-            if holder is not None:
-                holder.score_thresh = old
+            for k, v in old.items():
+                setattr(holder, k, v)
             self.model.train(was_training)
 
     @torch.inference_mode()
-    def predict_tensor(self, images: torch.Tensor, score_threshold: float | None = None
-                       ) -> list[Detections]:
-        """``uint8 [B,3,S,S]`` already-resized images -> detections in the resized frame."""
+    def candidates(self, images: torch.Tensor, score_threshold: float | None = None
+                   ) -> list[Detections]:
+        """``uint8 [B,3,S,S]`` already-transformed images -> the model's candidates (before
+        suppression, scoring at least ``score_threshold``), in the transformed frame."""
         thr = self.score_threshold if score_threshold is None else float(score_threshold)
         x = images.to(self.device, non_blocking=True).float().div_(255.0)
         autocast = (torch.autocast("cuda", dtype=torch.float16)
                     if self.amp and self.device.type == "cuda" else contextlib.nullcontext())
-        with self._eval_mode(thr), autocast:
+        with self._candidate_mode(thr), autocast:
             outputs = self.model(list(x))
         dets = []
         for out in outputs:
-            d = Detections(out["boxes"].float(), out["labels"], scores=out["scores"].float())
+            d = Detections(out["boxes"].float().cpu(), out["labels"].cpu(),
+                           scores=out["scores"].float().cpu())
             dets.append(d.filter(min_score=thr))
         return dets
+
+    def predict_tensor(self, images: torch.Tensor, score_threshold: float | None = None
+                       ) -> list[Detections]:
+        """``uint8 [B,3,S,S]`` already-transformed images -> final detections in the
+        transformed frame (candidates through :attr:`postprocess`)."""
+        return [self.postprocess(c) for c in self.candidates(images, score_threshold)]
 
     def _predict_arrays(self, arrays: Iterable[np.ndarray], score_threshold: float | None,
                         batch_size: int | None) -> Iterator[Detections]:
         bs = self.batch_size if batch_size is None else int(batch_size)
-        chunk: list[tuple[torch.Tensor, float, float, int, int]] = []
+        chunk: list[tuple[torch.Tensor, Frame]] = []
 
         def flush() -> list[Detections]:
             dets = self.predict_tensor(torch.stack([c[0] for c in chunk]), score_threshold)
-            out = [unscale_detections(d, sx, sy, w, h)
-                   for d, (_, sx, sy, h, w) in zip(dets, chunk, strict=True)]
+            out = [self.transform.back(d, frame)
+                   for d, (_, frame) in zip(dets, chunk, strict=True)]
             chunk.clear()
             return out
 
         for arr in arrays:
-            tensor, sx, sy = resize_image(arr, self.img_size, self.resize)
-            chunk.append((tensor, sx, sy, arr.shape[0], arr.shape[1]))
+            chunk.append(self.transform.image(arr))
             if len(chunk) >= bs:
                 yield from flush()
         if chunk:
@@ -224,23 +247,25 @@ class Predictor:
     def __repr__(self) -> str:
         name = self.model_config.get("name", type(self.model).__name__)
         return (f"Predictor({name!r}, classes={len(self.class_names)}, "
-                f"img_size={self.img_size}, device={self.device})")
+                f"img_size={self.img_size}, nms={self.postprocess.method!r}, "
+                f"device={self.device})")
 
 
 def predict_files(checkpoint: str | Path, paths: Sequence[str | Path], out: str | Path, *,
                   device: str = "auto", score_threshold: float = 0.25, batch_size: int = 8,
                   draw: bool = True,
-                  progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None
-                  ) -> dict[str, Any]:
+                  progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+                  **postprocess: Any) -> dict[str, Any]:
     """Predict image files with a checkpoint; write ``out/predictions.json`` (returned as a
     dict: ``class_names``, ``checkpoint``, ``images`` with ``path``, ``width``, ``height`` and
-    ``detections`` in image pixels) and, with ``draw``, ``out/images/<stem>.png``."""
+    ``detections`` in image pixels) and, with ``draw``, ``out/images/<stem>.png``.
+    ``postprocess``: the :class:`Predictor` options ``nms``, ``iou``, ``max_detections``."""
     import orjson
 
     from danlu.data._atomic import write_bytes_atomic
 
     predictor = Predictor(checkpoint, device=device, score_threshold=score_threshold,
-                          batch_size=batch_size)
+                          batch_size=batch_size, **postprocess)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths = [Path(p) for p in paths]
@@ -267,10 +292,10 @@ def predict_files(checkpoint: str | Path, paths: Sequence[str | Path], out: str 
             Image.fromarray(draw_detections(image, det, predictor.class_names)).save(
                 out / "images" / f"{name}.png")
     doc = {"class_names": predictor.class_names, "checkpoint": str(checkpoint),
-           "score_threshold": score_threshold, "images": records}
+           "score_threshold": score_threshold, "nms": predictor.postprocess.method,
+           "iou": predictor.postprocess.iou_threshold, "images": records}
     write_bytes_atomic(out / "predictions.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
     return doc
 
 
-__all__ = ["Predictor", "build_model_from_checkpoint", "to_rgb_array", "predict_files",
-           "score_threshold_holder"]
+__all__ = ["Predictor", "to_rgb_array", "predict_files", "score_threshold_holder"]

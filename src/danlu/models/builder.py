@@ -57,8 +57,7 @@ from danlu.models.backbones import (
     resnet_backbone,
     tiny_fpn_backbone,
 )
-
-Target = dict[str, torch.Tensor]
+from danlu.targets import Target
 
 #: name -> (family, backbone)
 MODELS: dict[str, tuple[str, str]] = {

@@ -110,12 +110,16 @@ def train(data: Dataset | str | Path | Any | None = None, model: str | None = No
         wants_ddp = config.distributed
     info = distributed.setup(options.get("device") or getattr(config, "device", "auto")
                              or "auto") if wants_ddp else distributed.DistInfo()
+    succeeded = False
     try:
-        return _train(data, model, epochs, out, val=val, config=config, resume=resume,
-                      callbacks=callbacks, loss_fn=loss_fn, progress=progress, verbose=verbose,
-                      exist_ok=exist_ok, trainer_cls=trainer_cls, dist_info=info, **options)
+        result = _train(data, model, epochs, out, val=val, config=config, resume=resume,
+                        callbacks=callbacks, loss_fn=loss_fn, progress=progress,
+                        verbose=verbose, exist_ok=exist_ok, trainer_cls=trainer_cls,
+                        dist_info=info, **options)
+        succeeded = True
+        return result
     finally:
-        distributed.teardown(info)
+        distributed.teardown(info, succeeded=succeeded)
 
 
 def _train(data: Any, model: str | None, epochs: int | None, out: str | Path | None, *,
@@ -179,7 +183,10 @@ def _train(data: Any, model: str | None, epochs: int | None, out: str | Path | N
                           loss_fn=loss_fn, resume_from=resume_from, progress=progress,
                           verbose=verbose and main, rank=dist_info.rank,
                           world_size=dist_info.world_size, local_rank=dist_info.local_rank)
-    return trainer.fit()
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()
 
 
 def _prepare_run_dir(cfg: TrainConfig, out: str | Path | None,

@@ -7,7 +7,9 @@ hook receives the trainer (its ``epoch``, ``step``, ``model``, ``ema``, ``metric
 
 Built in (added by :func:`default_callbacks`): a rich progress bar, a one-line summary per epoch,
 ``results.csv``, TensorBoard events (when ``torch.utils.tensorboard`` can be imported), early
-stopping on val AP, the time budget, and plots at the end.
+stopping on the best-checkpoint number, the time budget (which re-plans the run through
+``trainer.replan``), and plots at the end. A callback's state is saved under
+:func:`state_keys` (set ``state_key`` on an instance to name it yourself).
 
 Example:
     >>> class PrintLoss(Callback):
@@ -18,11 +20,12 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from danlu.train.results import append_result, keep_epochs
 
 if TYPE_CHECKING:
     from danlu.train.trainer import Trainer, TrainResult
@@ -155,7 +158,7 @@ def _nan(value: Any) -> bool:
 
 # -- files ------------------------------------------------------------------------------------
 class CSVLogger(Callback):
-    """``results.csv``: one row per epoch (epoch, losses, lr, AP50, AP, epoch_time, elapsed).
+    """``results.csv`` (see :mod:`danlu.train.results`): one row per epoch.
 
     On resume, rows of epochs the checkpoint had not finished are dropped first.
     """
@@ -168,44 +171,12 @@ class CSVLogger(Callback):
             return
         if trainer.resume_from is None:
             self.path.unlink(missing_ok=True)
-            return
-        rows = read_results(self.path)
-        kept = [r for r in rows if int(float(r["epoch"])) <= trainer.epoch]
-        if len(kept) != len(rows):
-            self._write(kept, list(rows[0].keys()) if rows else [])
+        else:
+            keep_epochs(self.path, trainer.epoch)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        if not trainer.is_main:
-            return
-        rows = read_results(self.path)
-        fields = list(rows[0].keys()) if rows else []
-        for k in row:
-            if k not in fields:
-                fields.append(k)
-        self._write([*rows, {k: _fmt(v) for k, v in row.items()}], fields)
-
-    def _write(self, rows: list[dict[str, Any]], fields: list[str]) -> None:
-        from danlu.data._atomic import atomic_open
-
-        with atomic_open(self.path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=fields, restval="")
-            w.writeheader()
-            w.writerows(rows)
-
-
-def _fmt(v: Any) -> Any:
-    if isinstance(v, float):
-        return "" if math.isnan(v) else f"{v:.6g}"
-    return v
-
-
-def read_results(path: str | Path) -> list[dict[str, str]]:
-    """The rows of a ``results.csv`` (empty when absent)."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        if trainer.is_main:
+            append_result(self.path, row)
 
 
 class TensorBoardLogger(Callback):
@@ -254,7 +225,8 @@ class Plots(Callback):
         if not trainer.is_main:
             return
         from danlu.evaluate.report import plot_pr_curves
-        from danlu.train.report import plot_losses, plot_per_class_ap
+        from danlu.train.report import plot_per_class_ap
+        from danlu.train.results import plot_losses
 
         plots = trainer.run_dir / "plots"
         plot_losses(trainer.run_dir / "results.csv", plots / "loss.png")
@@ -265,15 +237,26 @@ class Plots(Callback):
 
 # -- control ------------------------------------------------------------------------------------
 class EarlyStopping(Callback):
-    """Stop when val AP has not improved for ``patience`` evaluations (trainer counts them)."""
+    """Stop when ``patience`` evaluations in a row did not improve the best checkpoint's
+    number (``trainer.best_rule``). The count is this callback's own and resumes with it."""
 
     def __init__(self, patience: int) -> None:
         self.patience = int(patience)
+        self.bad_evaluations = 0
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        if self.patience and trainer.bad_epochs >= self.patience:
+        if not trainer.evaluated:
+            return
+        self.bad_evaluations = 0 if trainer.improved else self.bad_evaluations + 1
+        if self.patience and self.bad_evaluations >= self.patience:
             trainer.event("early_stopping", patience=self.patience, best=trainer.best_fitness)
             trainer.request_stop("early_stopping")
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"bad_evaluations": self.bad_evaluations}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.bad_evaluations = int(state.get("bad_evaluations", 0))
 
 
 def steps_that_fit(seconds: float, step_seconds: float, val_seconds: float,
@@ -332,12 +315,26 @@ class TimeBudget(Callback):
             return
         total_steps = trainer.step + fit
         total_epochs = trainer.epoch + 1 + -(-fit // bpe)
-        if (total_epochs, total_steps) != (trainer.total_epochs, trainer.schedule.total_steps):
-            trainer.event("time_budget", epochs=total_epochs, steps=total_steps,
-                          was=trainer.total_epochs, step_seconds=step_seconds,
-                          val_seconds=val_seconds, remaining=remaining)
-            trainer.total_epochs = total_epochs
-            trainer.schedule.total_steps = total_steps
+        trainer.replan(total_steps, total_epochs, reason="time_budget",
+                       step_seconds=step_seconds, val_seconds=val_seconds, remaining=remaining)
+
+
+def state_keys(callbacks: list[Callback]) -> list[str]:
+    """The key each callback's state is saved under in ``last.pt``: its ``state_key``
+    attribute when it has one, else its class name, with ``#2``, ``#3`` ... appended to the
+    second and later callbacks of one key (so two instances of a class keep separate state).
+
+    Example:
+        >>> state_keys([EarlyStopping(3), EarlyStopping(5), TimeBudget(1.0)])
+        ['EarlyStopping', 'EarlyStopping#2', 'TimeBudget']
+    """
+    seen: dict[str, int] = {}
+    keys = []
+    for cb in callbacks:
+        base = str(getattr(cb, "state_key", None) or type(cb).__name__)
+        seen[base] = seen.get(base, 0) + 1
+        keys.append(base if seen[base] == 1 else f"{base}#{seen[base]}")
+    return keys
 
 
 def default_callbacks(trainer: Trainer) -> list[Callback]:
@@ -361,4 +358,4 @@ def default_callbacks(trainer: Trainer) -> list[Callback]:
 
 __all__ = ["Callback", "ProgressBar", "ConsoleSummary", "CSVLogger", "TensorBoardLogger",
            "Plots", "EarlyStopping", "TimeBudget", "steps_that_fit", "default_callbacks",
-           "read_results"]
+           "state_keys"]

@@ -1,91 +1,25 @@
-"""Checkpoints: written atomically, read with ``torch.load(weights_only=True)``.
+"""The training half of a checkpoint: the global RNG states that exact resume restores.
 
-A checkpoint is a plain dict of tensors and primitive containers (no pickled classes), so
-loading never runs code from the file. Keys:
-
-* ``format`` (``"danlu-checkpoint"``), ``version``;
-* ``model_config``: the keyword arguments of :func:`danlu.models.build_model` that rebuild the
-  model; ``class_names``; ``img_size``; ``resize`` (``letterbox`` or ``stretch``);
-* ``model``: the weights to predict with (the EMA weights when EMA is on);
-* ``train`` (absent in a weights-only export): ``model`` (raw weights), ``ema``, ``optimizer``,
-  ``scaler``, ``scheduler``, ``epoch``, ``step``, ``batch_in_epoch``, ``rng`` (python, numpy,
-  torch, cuda), ``sampler``, ``best_fitness``, ``bad_epochs``, ``elapsed``, ``callbacks``;
-* ``config``: the resolved :class:`~danlu.train.config.TrainConfig` as a dict;
-* ``metrics``: the latest validation numbers (may be empty).
+Reading and writing checkpoint files lives with the model (:mod:`danlu.models.checkpoint`);
+its two functions are re-exported here for the training code and its users.
 
 Example:
-    >>> import tempfile, pathlib, torch
-    >>> p = pathlib.Path(tempfile.mkdtemp()) / "a.pt"
-    >>> save_checkpoint({"format": FORMAT, "version": VERSION, "model": {"w": torch.ones(2)},
-    ...                  "model_config": {"name": "x", "num_classes": 1},
-    ...                  "class_names": ["a"], "img_size": 64}, p)
-    >>> load_checkpoint(p)["model"]["w"].tolist()
-    [1.0, 1.0]
+    >>> import random
+    >>> state = rng_state(); a = random.random(); set_rng_state(state)
+    >>> random.random() == a
+    True
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from danlu.errors import ModelError
-
-FORMAT = "danlu-checkpoint"
-VERSION = 1
-
-
-def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Write ``checkpoint`` to ``path`` atomically (temporary sibling, fsync, ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
-                    ) -> dict[str, Any]:
-    """Read a danlu checkpoint safely (``weights_only=True``) and check its format."""
-    path = Path(path)
-    if path.is_dir():
-        for name in ("best.pt", "last.pt"):
-            if (path / name).is_file():
-                path = path / name
-                break
-        else:
-            raise ModelError(f"{path}: no best.pt or last.pt in this folder")
-    if not path.is_file():
-        raise ModelError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling/zip error means a bad file
-        raise ModelError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})",
-                         hint="checkpoints load with weights_only=True; only danlu "
-                         "checkpoints are accepted") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a danlu checkpoint (missing format={FORMAT!r})")
-    if int(ckpt.get("version", 0)) > VERSION:
-        raise ModelError(f"{path}: checkpoint version {ckpt.get('version')} is newer than "
-                         f"this danlu reads ({VERSION})", hint="upgrade danlu")
-    for key in ("model_config", "class_names", "img_size", "model"):
-        if key not in ckpt:
-            raise ModelError(f"{path}: checkpoint lacks {key!r}")
-    return ckpt
+from danlu.models.checkpoint import FORMAT, VERSION, load_checkpoint, save_checkpoint
 
 
 # -- random number generator state -----------------------------------------------------------

@@ -26,6 +26,7 @@ AUGMENTS = ("flips", "default", "none")
 RESIZES = ("letterbox", "resize")
 OPTIMIZERS = ("adamw", "sgd")
 ANCHORS = ("auto", "default")
+VAL_PROTOCOLS = ("auto", "coco", "voc07", "voc12", "dota", "dota-hbb")
 
 
 @dataclass
@@ -75,6 +76,13 @@ class TrainConfig:
         augment: ``flips`` (horizontal flips), ``default`` (flips, affine, colour, mosaic)
             or ``none``.
         eval_every: evaluate every N epochs (the last epoch is always evaluated).
+        val_protocol: what judges validation: ``auto`` (DOTA task 1 when the validation
+            boxes are oriented, else COCO), ``coco``, ``voc07``, ``voc12``, ``dota``,
+            ``dota-hbb``.
+        best_metric: the validation number that picks ``best.pt`` (``auto``: the protocol's
+            headline, COCO ``AP`` or ``mAP``; or ``AP50``, ``AP75`` ...); early stopping
+            counts evaluations that did not improve it.
+        best_mode: ``max`` (higher is better) or ``min``.
         save_every_steps: also write ``last.pt`` every N optimizer steps (0: only per epoch).
         score_threshold: the detector's score threshold at evaluation.
         max_steps: stop after this many optimizer steps in total (0: no limit; for tests).
@@ -128,6 +136,9 @@ class TrainConfig:
     val_split: float = 0.1
     augment: str = "flips"
     eval_every: int = 1
+    val_protocol: str = "auto"
+    best_metric: str = "auto"
+    best_mode: str = "max"
     save_every_steps: int = 0
     score_threshold: float = 0.05
     max_steps: int = 0
@@ -187,7 +198,8 @@ class TrainConfig:
                 raise bad("soft_sampling", e.message) from None
         if self.time is not None and self.time <= 0:
             raise bad("time", "expected minutes > 0")
-        for name, allowed in (("schedule", SCHEDULES), ("augment", AUGMENTS),
+        for name, allowed in (("val_protocol", VAL_PROTOCOLS), ("best_mode", ("max", "min")),
+                              ("schedule", SCHEDULES), ("augment", AUGMENTS),
                               ("resize", RESIZES), ("optimizer", OPTIMIZERS),
                               ("anchors", ANCHORS)):
             if getattr(self, name) not in allowed:

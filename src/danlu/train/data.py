@@ -1,12 +1,12 @@
-"""Feeding a detector: decode + resize samples, a seeded restorable batch order, collate.
+"""Feeding a detector: decode + resize items, a seeded restorable batch order, collate.
 
-* :func:`resize_image` letterboxes (keeps the aspect ratio, pads right and bottom) or stretches
-  (``resize``) an image to ``size x size``, as :mod:`danlu.data.pack` does; boxes scale by the
-  returned factors, so mapping predictions back to the original image is a division
-  (:func:`unscale_detections`).
-* :class:`DetectionDataset` is a ``torch.utils.data.Dataset`` over a danlu
-  :class:`~danlu.structures.Dataset` (or a packed cache): item ``i`` is the resized uint8 image,
-  its boxes and labels in the resized frame, and the scale factors.
+* What training reads is a :class:`~danlu.structures.TrainingData` (a :class:`Dataset` or a
+  :class:`~danlu.data.pack.PackedDataset`); images go through the model's
+  :class:`~danlu.models.transform.InputTransform` (letterbox to ``img_size``), the same object
+  the Predictor maps detections back with.
+* :class:`DetectionDataset` is a ``torch.utils.data.Dataset``: item ``i`` is the resized uint8
+  image and its :class:`~danlu.targets.Target` in the resized frame (boxes, labels, and the
+  polygons and flags the data has), plus the :class:`~danlu.models.transform.Frame`.
 * :class:`EpochBatchSampler` gives every epoch a permutation that depends only on
   ``(seed, epoch)``, and can start mid-epoch: resuming needs only the epoch and the batch index.
 
@@ -16,7 +16,7 @@ Example:
     >>> img = np.zeros((50, 100, 3), np.uint8)
     >>> ds = Dataset([Sample(img, 100, 50, Detections([[10, 10, 50, 30]], [0]))], ["a"])
     >>> item = DetectionDataset(ds, img_size=64)[0]
-    >>> tuple(item["image"].shape), [round(v, 3) for v in item["boxes"][0].tolist()]
+    >>> tuple(item["image"].shape), [round(v, 3) for v in item["target"]["boxes"][0].tolist()]
     ((3, 64, 64), [6.4, 6.4, 32.0, 19.2])
     >>> s = EpochBatchSampler(10, batch_size=4, seed=0)
     >>> s.set_epoch(1, start_batch=1)
@@ -27,50 +27,17 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
 
 from danlu.errors import ConfigError
-from danlu.structures import Dataset, Detections
+from danlu.models.transform import InputTransform
+from danlu.structures import Dataset, Detections, TrainingData
+from danlu.targets import Target, to_target
 
 MIN_BOX_SIZE = 1.0  # pixels, in the resized frame; smaller boxes are dropped for training
-
-
-# -- resizing -----------------------------------------------------------------------------------
-def resize_image(image: np.ndarray, size: int, mode: str = "letterbox"
-                 ) -> tuple[torch.Tensor, float, float]:
-    """An ``HxWx3`` uint8 image -> ``(uint8 [3, size, size], sx, sy)``.
-
-    Exactly what :mod:`danlu.data.pack` stores: ``letterbox`` keeps the aspect ratio (PIL
-    bilinear) and pads the right/bottom with grey 114; ``resize`` stretches to ``size x size``.
-    Box coordinates multiply by ``(sx, sy)``.
-    """
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    elif image.shape[2] == 4:
-        image = image[:, :, :3]
-    h, w = image.shape[:2]
-    if (w, h) == (size, size):
-        out, sx, sy = image, 1.0, 1.0
-    else:
-        from danlu.data.pack import resize_image as pack_resize
-
-        out, (sx, sy) = pack_resize(image, size, mode)
-    out = np.ascontiguousarray(out)
-    if not out.flags.writeable:  # e.g. PIL's buffer: torch wants memory it may write
-        out = out.copy()
-    return torch.from_numpy(out).permute(2, 0, 1).contiguous(), sx, sy
-
-
-def unscale_detections(det: Detections, sx: float, sy: float, width: int | None = None,
-                       height: int | None = None) -> Detections:
-    """Map detections from the resized frame back to the original image (clipped to it)."""
-    out = det.scale(1.0 / sx, 1.0 / sy)
-    if width is not None and height is not None and len(out):
-        out.xyxy = np.clip(out.xyxy, 0, np.array([width, height, width, height], np.float32))
-    return out
 
 
 def training_boxes(det: Detections) -> Detections:
@@ -95,11 +62,7 @@ def input_size_for(data: Any, *, multiple: int = 32, low: int = 128, high: int =
     packed = getattr(data, "img_size", None)
     if not isinstance(data, Dataset) and isinstance(packed, int):
         return packed
-    if isinstance(data, Dataset):
-        sides = [max(s.width, s.height) for s in data.samples]
-    else:
-        source = as_source(data)
-        sides = [max(source.load(i)[0].shape[:2]) for i in range(len(source))]
+    sides = [max(data.item_size(i)) for i in range(len(data))]
     if not sides:
         raise ConfigError("img_size auto: the training data has no images")
     size = int(round(float(np.median(sides)) / multiple)) * multiple
@@ -112,137 +75,77 @@ def _wh(det: Detections) -> np.ndarray:
     return box_convert(np.asarray(det.xyxy, np.float64).reshape(-1, 4), "xyxy", "xywh")[:, 2:]
 
 
-def training_box_sizes(data: Any, img_size: int, resize: str = "letterbox") -> np.ndarray:
+def training_box_sizes(data: TrainingData, img_size: int, resize: str = "letterbox"
+                       ) -> np.ndarray:
     """Widths and heights ``[N, 2]`` (float64) of every training box (see
     :func:`training_boxes`) in the pixels the model sees after the resize to ``img_size``.
 
-    ``data`` is a :class:`Dataset` (sizes from each sample's ``width`` and ``height``) or a
-    packed dataset with ``img_size`` (its boxes are in pack pixels, rescaled to ``img_size``).
-    Without either (another :class:`ImageSource`) every image is read.
+    Sizes and boxes come from the :class:`~danlu.structures.TrainingData` protocol
+    (``item_size``, ``item_boxes``): no image is decoded.
     """
-    from danlu.data.pack import resized_shape
-
+    transform = InputTransform(img_size, resize)
     parts: list[np.ndarray] = []
-    if isinstance(data, Dataset):
-        for sample in data.samples:
-            w, h = max(sample.width, 1), max(sample.height, 1)
-            nw, nh = resized_shape(w, h, img_size, resize)  # the scale training applies
-            parts.append(_wh(training_boxes(sample.detections)) * (nw / w, nh / h))
-    else:
-        source = as_source(data)
-        packed_size = getattr(data, "img_size", None)
-        for i in range(len(source)):
-            if packed_size is not None and hasattr(data, "detections"):
-                det, k = data.detections(i), img_size / packed_size
-            else:
-                image, det = source.load(i)
-                k = img_size / max(image.shape[:2])
-            parts.append(_wh(training_boxes(det)) * k)
+    for i in range(len(data)):
+        w, h = data.item_size(i)
+        frame = transform.frame(max(w, 1), max(h, 1))  # the scale training applies
+        parts.append(_wh(training_boxes(data.item_boxes(i))) * frame.scale)
     return np.concatenate(parts) if parts else np.zeros((0, 2))
 
 
 # -- datasets -----------------------------------------------------------------------------------
-class ImageSource(Protocol):
-    """What :class:`DetectionDataset` reads: any indexable collection of images with boxes."""
-
-    def __len__(self) -> int: ...
-
-    def load(self, index: int) -> tuple[np.ndarray, Detections]: ...
-
-
-class _DatasetSource:
-    """Decode samples of a danlu :class:`Dataset` on demand."""
-
-    def __init__(self, dataset: Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def load(self, index: int) -> tuple[np.ndarray, Detections]:
-        sample = self.dataset.samples[index]
-        return sample.load_image(), sample.detections
-
-
-class _PackedSource:
-    """Read a :class:`danlu.data.pack.PackedDataset` (memory-mapped, already resized): or any
-    sequence whose items are ``(HxWx3 uint8 image, Detections)``."""
-
-    def __init__(self, packed: Any) -> None:
-        self.packed = packed
-
-    def __len__(self) -> int:
-        return len(self.packed)
-
-    def load(self, index: int) -> tuple[np.ndarray, Detections]:
-        image, det = self.packed[index]
-        return np.asarray(image), det
-
-
-def as_source(data: Any) -> ImageSource:
-    """Wrap a :class:`Dataset`, a packed dataset or an :class:`ImageSource`."""
-    if isinstance(data, Dataset):
-        return _DatasetSource(data)
-    if hasattr(data, "load") and hasattr(data, "__len__"):
-        return data
-    return _PackedSource(data)
-
-
 class DetectionDataset(torch.utils.data.Dataset):
-    """Items ``{"image": uint8 [3,S,S], "boxes": float32 [N,4], "labels": int64 [N],
-    "index": int, "scale": (sx, sy), "orig_size": (h, w)}`` with boxes in the resized frame.
+    """Items ``{"image": uint8 [3,S,S], "target": Target, "index": int, "frame": Frame}`` with
+    the target's boxes (and polygons) in the resized frame.
 
     Args:
-        data: a :class:`Dataset`, a packed dataset, or an :class:`ImageSource`.
+        data: a :class:`~danlu.structures.TrainingData` (:class:`Dataset`, packed dataset).
         img_size: the square side ``S``.
         resize: ``letterbox`` or ``resize`` (stretch).
         train: drop ``ignore``/``iscrowd`` boxes and boxes under one pixel after resizing.
         cache: keep resized images in memory after their first decode (main process only).
     """
 
-    def __init__(self, data: Any, img_size: int, resize: str = "letterbox", *,
+    def __init__(self, data: TrainingData, img_size: int, resize: str = "letterbox", *,
                  train: bool = True, cache: bool = False) -> None:
-        self.source = as_source(data)
-        self.img_size = int(img_size)
-        self.resize = resize
+        self.data = data
+        self.transform = InputTransform(int(img_size), resize)
         self.train = train
         self._cache: dict[int, tuple] | None = {} if cache else None
 
+    @property
+    def img_size(self) -> int:
+        return self.transform.size
+
     def __len__(self) -> int:
-        return len(self.source)
+        return len(self.data)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         cached = self._cache.get(index) if self._cache is not None else None
         if cached is None:
-            image, det = self.source.load(index)
-            h, w = image.shape[:2]
-            tensor, sx, sy = resize_image(image, self.img_size, self.resize)
+            image, det = self.data.load_item(index)
+            tensor, frame = self.transform.image(image)
             if self._cache is not None:
-                self._cache[index] = (tensor, sx, sy, h, w, det)
+                self._cache[index] = (tensor, frame, det)
         else:
-            tensor, sx, sy, h, w, det = cached
+            tensor, frame, det = cached
         if self.train:
             det = training_boxes(det)
-        boxes = det.xyxy * np.array([sx, sy, sx, sy], np.float32)
-        boxes = np.clip(boxes, 0, self.img_size)
-        labels = det.labels
-        if self.train and len(boxes):
-            keep = ((boxes[:, 2] - boxes[:, 0]) >= MIN_BOX_SIZE) & \
-                   ((boxes[:, 3] - boxes[:, 1]) >= MIN_BOX_SIZE)
-            boxes, labels = boxes[keep], labels[keep]
-        return {"image": tensor, "boxes": torch.from_numpy(np.ascontiguousarray(boxes)),
-                "labels": torch.from_numpy(np.ascontiguousarray(labels)), "index": index,
-                "scale": (sx, sy), "orig_size": (h, w)}
+        det = self.transform.boxes(det, frame)
+        det.xyxy = np.clip(det.xyxy, 0, self.img_size)
+        if self.train and len(det):
+            wh = det.xyxy[:, 2:] - det.xyxy[:, :2]
+            det = det[(wh >= MIN_BOX_SIZE).all(axis=1)]
+        return {"image": tensor, "target": to_target(det), "index": index, "frame": frame}
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack images into ``uint8 [B,3,S,S]``; keep per-image targets as lists."""
+    """Stack images into ``uint8 [B,3,S,S]``; keep per-image targets (every key) as a list."""
+    targets: list[Target] = [it["target"] for it in items]
     return {
         "images": torch.stack([it["image"] for it in items]),
-        "targets": [{"boxes": it["boxes"], "labels": it["labels"]} for it in items],
+        "targets": targets,
         "indices": torch.tensor([it["index"] for it in items], dtype=torch.int64),
-        "scales": [it["scale"] for it in items],
-        "orig_sizes": [it["orig_size"] for it in items],
+        "frames": [it["frame"] for it in items],
     }
 
 
@@ -317,7 +220,5 @@ def make_loader(dataset: DetectionDataset, sampler: torch.utils.data.Sampler,
     )
 
 
-__all__ = ["DetectionDataset", "EpochBatchSampler", "collate", "make_loader", "resize_image",
-           "unscale_detections", "training_boxes", "training_box_sizes", "input_size_for",
-           "ImageSource",
-           "as_source"]
+__all__ = ["DetectionDataset", "EpochBatchSampler", "collate", "make_loader", "training_boxes",
+           "training_box_sizes", "input_size_for", "MIN_BOX_SIZE"]

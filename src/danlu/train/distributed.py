@@ -32,6 +32,7 @@ The library calls below are safe to use in a single process: they then do nothin
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -89,7 +90,7 @@ def setup(device: str = "auto") -> DistInfo:
     if not dist.is_available():  # pragma: no cover - torch built without distributed
         raise ConfigError("this torch build has no torch.distributed")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    from danlu.train.device import resolve_device
+    from danlu.models.device import resolve_device
 
     use_cuda = resolve_device(device).type == "cuda"
     backend = "nccl" if use_cuda else "gloo"
@@ -100,10 +101,24 @@ def setup(device: str = "auto") -> DistInfo:
                     owns_group=True)
 
 
-def teardown(info: DistInfo) -> None:
-    """Leave the process group if :func:`setup` created it."""
-    if info.owns_group and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(info: DistInfo, *, succeeded: bool = True) -> None:
+    """Leave the process group if :func:`setup` created it.
+
+    After a run that succeeded on this rank, every rank first meets at a barrier (no rank
+    tears its connections down while a peer is still sending), then the objects that hold the
+    group (a DDP wrapper's reducer, often inside reference cycles) are collected while the
+    interpreter is whole. Left to interpreter exit, gloo's C++ state is destroyed during
+    finalisation, and a rank could abort ("terminate called without an active exception")
+    after training had finished. After a failure there is no barrier: the peers may never
+    reach it.
+    """
+    if not (info.owns_group and dist.is_initialized()):
+        return
+    if succeeded:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+    gc.collect()
 
 
 def active() -> bool:

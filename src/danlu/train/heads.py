@@ -52,6 +52,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import sigmoid_focal_loss
 
 from danlu.errors import ConfigError
+from danlu.targets import Target
 from danlu.train.sampling import (
     WeightFn,
     background_weights,
@@ -60,7 +61,6 @@ from danlu.train.sampling import (
     parse_soft_sampling,
 )
 
-Target = dict[str, torch.Tensor]
 _BOX_BETA = 1.0 / 9  # torchvision's Fast R-CNN smooth-L1 beta
 
 

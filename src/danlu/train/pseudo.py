@@ -46,16 +46,6 @@ class Teacher(Protocol):
                         ) -> list[Detections]: ...
 
 
-def _iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
-    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
-
-
 def new_boxes(labelled: Detections, found: Detections, score: float, iou: float,
               class_agnostic: bool = False) -> np.ndarray:
     """Boolean mask over ``found``: scoring ``>= score`` and with IoU ``< iou`` with every
@@ -64,7 +54,9 @@ def new_boxes(labelled: Detections, found: Detections, score: float, iou: float,
     keep = scores >= score
     if not len(labelled) or not keep.any():
         return keep
-    ious = _iou_matrix(found.xyxy.astype(np.float64), labelled.xyxy.astype(np.float64))
+    from danlu.boxes import box_iou
+
+    ious = box_iou(found.xyxy.astype(np.float64), labelled.xyxy.astype(np.float64))
     if not class_agnostic:
         ious = np.where(found.labels[:, None] == labelled.labels[None, :], ious, 0.0)
     return keep & (ious.max(axis=1) < iou)

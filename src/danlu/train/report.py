@@ -1,9 +1,9 @@
-"""Plots and the evaluation folder of a run: loss curves, per-class AP, ``eval/``
-(PR curves come from :mod:`danlu.evaluate.report`).
+"""A run's pictures and its evaluation folder: per-class AP, ``eval/`` (PR curves and the HTML
+report come from :mod:`danlu.evaluate.report`; loss curves from :mod:`danlu.train.results`).
 
 Example:
-    >>> from danlu.train.report import plot_losses                        # doctest: +SKIP
-    >>> plot_losses("runs/exp/results.csv", "runs/exp/plots/loss.png")   # doctest: +SKIP
+    >>> from danlu.train.report import write_evaluation                   # doctest: +SKIP
+    >>> write_evaluation("runs/exp/best.pt", val, "runs/exp/eval")        # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 from danlu.structures import Dataset, Detections
 
 
-def _pyplot() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -25,46 +26,14 @@ def _pyplot() -> Any:
     return plt
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_figure(fig: Any, path: Path) -> None:
+    """Write ``fig`` as a PNG atomically and close it."""
     from danlu.data._atomic import atomic_open
 
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(path, "wb") as f:
         fig.savefig(f, format="png", dpi=100, bbox_inches="tight")
-    _pyplot().close(fig)
-
-
-def plot_losses(results_csv: str | Path, out: str | Path) -> Path | None:
-    """Training losses per epoch (left) and val AP50 / AP (right) from ``results.csv``."""
-    from danlu.train.callbacks import read_results
-
-    rows = read_results(results_csv)
-    if not rows:
-        return None
-    plt = _pyplot()
-    epochs = [float(r["epoch"]) for r in rows]
-
-    def col(name: str) -> list[float]:
-        return [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
-
-    loss_names = [k for k in rows[0] if k == "loss" or (k not in (
-        "epoch", "lr", "AP", "AP50", "epoch_time", "elapsed") and not k.startswith("val"))]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
-    for k in loss_names:
-        a.plot(epochs, col(k), marker="o", ms=3, label=k, lw=2 if k == "loss" else 1)
-    a.set_xlabel("epoch")
-    a.set_ylabel("training loss")
-    a.legend(fontsize=8)
-    a.grid(alpha=0.3)
-    for k in ("AP50", "AP"):
-        if k in rows[0]:
-            b.plot(epochs, col(k), marker="o", ms=3, label=f"val {k}")
-    b.set_xlabel("epoch")
-    b.set_ylim(0, 1)
-    b.legend(fontsize=8)
-    b.grid(alpha=0.3)
-    _save(fig, Path(out))
-    return Path(out)
+    pyplot().close(fig)
 
 
 def plot_per_class_ap(result: Any, out: str | Path) -> Path | None:
@@ -72,7 +41,7 @@ def plot_per_class_ap(result: Any, out: str | Path) -> Path | None:
     per_class = getattr(result, "per_class", None) or {}
     if not per_class:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     names = list(per_class)
     values = [0.0 if v is None or math.isnan(v) else float(v) for v in per_class.values()]
     fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.6))
@@ -84,15 +53,16 @@ def plot_per_class_ap(result: Any, out: str | Path) -> Path | None:
     ax.set_title("per-class AP")
     for i, v in enumerate(values):
         ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=8)
-    _save(fig, Path(out))
+    save_figure(fig, Path(out))
     return Path(out)
 
 
 def write_evaluation(checkpoint: str | Path, gt: Dataset, out_dir: str | Path, *,
                      device: Any = "auto", score_threshold: float = 0.05,
-                     predictions: list[Detections] | None = None) -> Any:
+                     predictions: list[Detections] | None = None,
+                     protocol: str = "coco") -> Any:
     """Load ``checkpoint`` as a user would (:class:`~danlu.infer.predictor.Predictor`), predict
-    ``gt``'s images, evaluate (COCO) and write ``out_dir`` with
+    ``gt``'s images, evaluate (under ``protocol``, COCO by default) and write ``out_dir`` with
     :func:`danlu.evaluate.report.write_report` (``metrics.json``, ``pr_curves.png``,
     ``confusion_matrix.png``, ``gallery/``, ``report.html``) plus ``per_class_ap.png``.
     Returns the ``EvalResult``."""
@@ -104,7 +74,7 @@ def write_evaluation(checkpoint: str | Path, gt: Dataset, out_dir: str | Path, *
     if predictions is None:
         predictor = Predictor(checkpoint, device=device, score_threshold=score_threshold)
         predictions = predictor.predict_dataset(gt)
-    result = evaluate(gt, predictions, protocol="coco")
+    result = evaluate(gt, predictions, protocol=protocol)
     write_report(result, gt, predictions, out_dir)
     plot_per_class_ap(result, out_dir / "per_class_ap.png")
     return result
@@ -149,5 +119,5 @@ def write_html_report(path: str | Path, title: str, result: Any | None = None, *
     return Path(path)
 
 
-__all__ = ["plot_losses", "plot_per_class_ap", "write_evaluation",
+__all__ = ["pyplot", "save_figure", "plot_per_class_ap", "write_evaluation",
            "write_html_report", "metrics_table"]

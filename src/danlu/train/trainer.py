@@ -13,7 +13,11 @@ callbacks. What a later feature needs to change is a method or a callback, not a
 * **the batch** — :meth:`Trainer.preprocess` (device move, augmentation) and
   :meth:`Trainer.build_sampler` (the order of samples; must be restorable for exact resume);
 * **distribution** — :meth:`Trainer.wrap_model` (e.g. DDP), ``rank`` / ``world_size``; only
-  rank 0 writes files.
+  rank 0 writes files;
+* **judging** — :meth:`Trainer.build_validator` (the protocol follows the data: DOTA for
+  oriented boxes, else COCO; ``val_protocol`` overrides) and :meth:`Trainer.build_best_rule`
+  (which number makes ``best.pt``; ``best_metric`` / ``best_mode``);
+* **planning** — :meth:`Trainer.replan` changes the run's length (the time budget uses it).
 
 Exact resume: the batch order depends only on ``(seed, epoch)``, augmentation draws from a
 generator seeded by ``(seed, step)``, and ``last.pt`` stores model, EMA, optimizer, scheduler,
@@ -23,39 +27,35 @@ same weights as one that was never interrupted (bitwise on CPU in deterministic 
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 import torch
 from torch import nn
 
-from danlu.errors import ConfigError, DatasetError
+from danlu.errors import DatasetError
+from danlu.models.device import resolve_device
 from danlu.structures import Dataset
+from danlu.targets import Target
 from danlu.train.callbacks import Callback
 from danlu.train.checkpoint import (
-    FORMAT,
-    VERSION,
     load_checkpoint,
-    rng_state,
     save_checkpoint,
-    set_rng_state,
 )
 from danlu.train.config import TrainConfig
-from danlu.train.data import DetectionDataset, EpochBatchSampler, make_loader
-from danlu.train.device import resolve_device
+from danlu.train.data import EpochBatchSampler, make_loader
 from danlu.train.ema import ModelEMA
+from danlu.train.runtime import algorithms, keep_torch_threads, seed_everything
 from danlu.train.schedule import LRSchedule
+from danlu.train.seams import TrainerSeams
+from danlu.train.state import ResumableState
 
-LossFn = Callable[["Trainer", torch.Tensor, list[dict[str, torch.Tensor]], dict[str, Any]],
+LossFn = Callable[["Trainer", torch.Tensor, list[Target], dict[str, Any]],
                   dict[str, torch.Tensor]]
 
 
@@ -72,7 +72,8 @@ class TrainResult:
         epochs: epochs completed; steps: optimizer steps done.
         stop_reason: ``completed``, ``early_stopping``, ``time``, ``max_steps`` or a
             callback's reason.
-        best_fitness: the best validation AP seen during training (None without validation).
+        best_fitness: the best value of the best-checkpoint number (``best_rule``, validation
+            AP for COCO) seen during training (None without validation).
     """
 
     run_dir: Path
@@ -90,51 +91,7 @@ class TrainResult:
                 "stop_reason": self.stop_reason, "best_fitness": self.best_fitness}
 
 
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)  # noqa: NPY002 - libraries may draw from the global RNG
-    torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def keep_torch_threads() -> Iterator[None]:
-    """Restore torch's intra-op thread count after the block. Numba's OpenMP kernels (used by
-    the metrics) set the shared OpenMP runtime's thread count, which changes torch's too, and
-    with it the order of float reductions: training after an evaluation would then differ
-    bitwise from training resumed in a fresh process."""
-    threads = torch.get_num_threads()
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-
-
-@contextlib.contextmanager
-def algorithms(deterministic: bool, device: torch.device) -> Iterator[None]:
-    """Deterministic algorithms (no cuDNN autotuning) or, on CUDA, cuDNN autotuning, for the
-    duration of the block; torch's global flags are restored afterwards."""
-    saved = (torch.are_deterministic_algorithms_enabled(),
-             torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
-    if deterministic:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        # warn_only: a few CUDA kernels (e.g. upsampling backward) have no deterministic
-        # version; CPU training is bitwise reproducible either way.
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.deterministic = True
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    try:
-        yield
-    finally:
-        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
-        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = saved[2:]
-
-
-class Trainer:
+class Trainer(TrainerSeams, ResumableState):
     """Train a detector; see the module docstring for the seams.
 
     Args:
@@ -197,7 +154,10 @@ class Trainer:
         self.batches_per_epoch = 0
         self.elapsed = 0.0  # training seconds, summed over resumed sessions
         self.best_fitness: float | None = None
-        self.bad_epochs = 0
+        self.evaluated = False  # this epoch ran a validation (read by on_epoch_end callbacks)
+        self.improved = False  # ... and it improved best_fitness
+        self.validator = self.build_validator()
+        self.best_rule = self.build_best_rule()
         self.stop_reason: str | None = None
         self.metrics: dict[str, Any] = {}
         self.last_eval: Any = None
@@ -241,131 +201,6 @@ class Trainer:
         """Training seconds so far, resumed sessions included."""
         return self._elapsed_at_start + (time.monotonic() - self._session_start)
 
-    # -- building blocks (override to change) -----------------------------------------------
-    def build_model(self) -> nn.Module:
-        """The model from :func:`danlu.models.build_model` (seeded: same init every run)."""
-        from danlu.models import build_model
-
-        cfg = self.config
-        self.model_config = {"name": cfg.model, "num_classes": len(self.class_names),
-                             "img_size": cfg.img_size, "weights": cfg.weights}
-        sizes = self.anchor_sizes()
-        if sizes is not None:
-            self.model_config["anchor_sizes"] = sizes
-        model = build_model(**self.model_config)
-        described = getattr(model, "config", None)
-        if isinstance(described, dict):  # the builder's own full description wins
-            self.model_config = dict(described)
-        if cfg.ohem or cfg.soft_sampling:
-            from danlu.train.heads import install_mining
-
-            install_mining(model, ohem=cfg.ohem, ohem_batch=cfg.ohem_batch,
-                           ohem_nms=cfg.ohem_nms_iou if cfg.ohem_nms else None,
-                           neg_ratio=cfg.ohem_neg_ratio, soft_sampling=cfg.soft_sampling)
-        return model
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        """Hook for DDP and friends: the module the loss is computed with. In a distributed
-        run (``world_size > 1``), DistributedDataParallel (with SyncBatchNorm on CUDA when
-        ``sync_bn``)."""
-        if self.world_size <= 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        if self.config.sync_bn and self.device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=ids)
-
-    @property
-    def unwrapped_model(self) -> nn.Module:
-        return getattr(self.model, "module", self.model)
-
-    def anchor_sizes(self) -> list[float] | list[list[float]] | None:
-        """The anchor sizes to build the model with: a resumed run's own, else (``anchors:
-        auto``, random init, an anchor-based model) sizes fitted to the training boxes."""
-        from danlu.models import anchor_sizes_for, uses_anchors
-
-        cfg = self.config
-        if self._resume_ckpt is not None:
-            saved = self._resume_ckpt.get("model_config", {})
-            return saved.get("anchor_sizes") if uses_anchors(cfg.model) else None
-        if cfg.anchors != "auto" or cfg.weights is not None or not uses_anchors(cfg.model):
-            return None
-        from danlu.train.data import training_box_sizes
-
-        wh = training_box_sizes(self.train_data, cfg.img_size, cfg.resize)
-        if not (wh > 0).all(axis=1).any():
-            return None  # no box to fit: the family's defaults
-        sizes = anchor_sizes_for(cfg.model, wh)
-        self.event("anchors", sizes=list(sizes), boxes=len(wh))
-        return list(sizes)
-
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
-        """AdamW (or SGD) with no weight decay on biases and normalisation weights."""
-        cfg = self.config
-        decay, no_decay = [], []
-        for _, p in model.named_parameters():
-            if not p.requires_grad:
-                continue
-            (decay if p.ndim > 1 else no_decay).append(p)
-        groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.999))
-
-    def build_dataset(self) -> DetectionDataset:
-        return DetectionDataset(self.train_data, self.config.img_size, self.config.resize,
-                                train=True)
-
-    def build_sampler(self, dataset: DetectionDataset) -> EpochBatchSampler:
-        """The batch order; a replacement must offer ``set_epoch(epoch, start_batch)``,
-        ``batches_per_epoch()`` and depend only on its state for exact resume."""
-        return EpochBatchSampler(len(dataset), self.per_rank_batch(), self.config.seed,
-                                 rank=self.rank, world_size=self.world_size)
-
-    def per_rank_batch(self) -> int:
-        """``batch`` is the global batch: each of ``world_size`` ranks loads its share."""
-        if self.config.batch % self.world_size:
-            raise ConfigError(f"batch {self.config.batch} does not split over "
-                              f"{self.world_size} processes",
-                              hint="make --batch a multiple of the number of processes")
-        return self.config.batch // self.world_size
-
-    def augment_generator(self) -> torch.Generator:
-        """A CPU generator seeded by ``(seed, step)`` (and the rank in a distributed run):
-        augmentation is resume-exact."""
-        rank = self.rank * 104_729 if self.world_size > 1 else 0
-        return torch.Generator().manual_seed(
-            (self.config.seed * 1_000_003 + self.step * 7919 + 17 + rank) % (2**63))
-
-    def preprocess(self, batch: dict[str, Any]) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-        """Move to the device, scale to ``[0, 1]`` float and augment."""
-        images = batch["images"].to(self.device, non_blocking=True).float().div_(255.0)
-        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()}
-                   for t in batch["targets"]]
-        if self.config.augment != "none":
-            from danlu.train.augment import augment_batch
-
-            images, targets = augment_batch(images, targets, self.config.augment,
-                                            self.augment_generator())
-        return images, targets
-
-    def compute_loss(self, images: torch.Tensor, targets: list[dict[str, torch.Tensor]],
-                     batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Named loss tensors for one batch; their sum is minimised. ``batch["indices"]``
-        says which samples these are (for per-sample mining)."""
-        if self.loss_fn is not None:
-            return self.loss_fn(self, images, targets, batch)
-        return self.model(list(images), targets)
-
-    def autocast(self) -> contextlib.AbstractContextManager[Any]:
-        if self.config.amp and self.device.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            return torch.autocast("cuda", dtype=dtype)
-        return contextlib.nullcontext()
-
     # -- set-up and resume ------------------------------------------------------------------
     def setup(self) -> None:
         cfg = self.config
@@ -397,77 +232,6 @@ class Trainer:
         if self._resume_ckpt is not None:
             self.load_state(self._resume_ckpt)
             self._resume_ckpt = None  # its tensors are copied into the model and optimizer
-
-    def state_dict(self) -> dict[str, Any]:
-        """The resumable training state (checkpoint-safe values only)."""
-        return {
-            "model": self.unwrapped_model.state_dict(),
-            "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "scheduler": self.schedule.state_dict() if self.schedule else None,
-            "sampler": self.sampler.state_dict() if hasattr(self.sampler, "state_dict")
-            else None,
-            "epoch": self.epoch, "step": self.step, "batch_in_epoch": self.batch_in_epoch,
-            "total_epochs": self.total_epochs, "elapsed": self.elapsed_now(),
-            "best_fitness": self.best_fitness, "bad_epochs": self.bad_epochs,
-            "epoch_losses": dict(self.epoch_losses), "epoch_batches": self.epoch_batches,
-            "lr": self.lr, "rng": rng_state(),
-            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks
-                          if cb.state_dict() is not None},
-        }
-
-    def load_state(self, ckpt: dict[str, Any]) -> None:
-        """Continue from a ``last.pt``."""
-        if "train" not in ckpt:
-            raise ConfigError("cannot resume from a checkpoint without training state",
-                              hint="resume from last.pt (best.pt holds only weights)")
-        if list(ckpt["class_names"]) != self.class_names:
-            raise DatasetError(f"resume: checkpoint classes {ckpt['class_names']} differ from "
-                               f"the data's {self.class_names}")
-        st = ckpt["train"]
-        self.unwrapped_model.load_state_dict(st["model"])
-        if self.ema is not None and st.get("ema") is not None:
-            self.ema.load_state_dict(st["ema"])
-        self.optimizer.load_state_dict(st["optimizer"])
-        if st.get("scaler") is not None and self.scaler is not None:
-            self.scaler.load_state_dict(st["scaler"])
-        self.schedule.load_state_dict(st["scheduler"])
-        if st.get("sampler") is not None and hasattr(self.sampler, "load_state_dict"):
-            self.sampler.load_state_dict(st["sampler"])
-        self.epoch, self.step = int(st["epoch"]), int(st["step"])
-        self.batch_in_epoch = int(st["batch_in_epoch"])
-        self.total_epochs = int(st["total_epochs"])
-        self.elapsed = float(st["elapsed"])
-        self.best_fitness = st["best_fitness"]
-        self.bad_epochs = int(st["bad_epochs"])
-        self.epoch_losses = dict(st.get("epoch_losses", {}))
-        self.epoch_batches = int(st.get("epoch_batches", 0))
-        self.lr = float(st.get("lr", 0.0))
-        self.metrics = dict(ckpt.get("metrics", {}))
-        set_rng_state(st["rng"])
-        saved = st.get("callbacks", {})
-        for cb in self.callbacks:
-            if type(cb).__name__ in saved:
-                cb.load_state_dict(saved[type(cb).__name__])
-        self.event("resumed", checkpoint=str(self.resume_from))
-
-    def checkpoint(self, *, with_train_state: bool = True) -> dict[str, Any]:
-        """A checkpoint dict: what ``Predictor`` needs, plus the training state."""
-        weights = (self.ema.module if self.ema is not None else self.unwrapped_model)
-        ckpt: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION,
-            "model_config": dict(self.model_config),
-            "class_names": list(self.class_names),
-            "img_size": self.config.img_size, "resize": self.config.resize,
-            "model": weights.state_dict(),
-            "config": self.config.to_dict(),
-            "metrics": _plain_metrics(self.metrics),
-            "epoch": self.epoch, "step": self.step,
-        }
-        if with_train_state:
-            ckpt["train"] = self.state_dict()
-        return ckpt
 
     def save_last(self) -> None:
         if not self.is_main:
@@ -528,19 +292,31 @@ class Trainer:
         return all_reduce_mean(logs)
 
     def sync_control(self) -> None:
-        """Make rank 0's decisions everyone's: stop reason, epochs planned, schedule length,
-        best fitness and evaluations without improvement (no-op in a single process)."""
+        """Make rank 0's decisions everyone's: stop reason, epochs planned, schedule length
+        and best fitness (no-op in a single process)."""
         if self.world_size <= 1:
             return
         from danlu.train.distributed import broadcast_object
 
         total_steps = self.schedule.total_steps if self.schedule is not None else None
         state = broadcast_object((self.stop_reason, self.total_epochs, total_steps,
-                                  self.best_fitness, self.bad_epochs))
-        self.stop_reason, self.total_epochs, total_steps, self.best_fitness, \
-            self.bad_epochs = state
+                                  self.best_fitness))
+        self.stop_reason, self.total_epochs, total_steps, self.best_fitness = state
         if self.schedule is not None and total_steps is not None:
             self.schedule.total_steps = total_steps
+
+    def replan(self, total_steps: int, total_epochs: int, *, reason: str = "replan",
+               **why: Any) -> None:
+        """Change the run's length: ``total_steps`` optimizer steps (the learning-rate
+        schedule is stretched or shrunk to end there) in ``total_epochs`` epochs (the last may
+        be cut short). Written to ``history.jsonl`` as ``reason`` with ``why``; takes effect
+        at the next step; rank 0's plan is shared by :meth:`sync_control`."""
+        total_steps, total_epochs = int(total_steps), int(total_epochs)
+        if (total_epochs, total_steps) == (self.total_epochs, self.schedule.total_steps):
+            return
+        self.event(reason, epochs=total_epochs, steps=total_steps, was=self.total_epochs, **why)
+        self.total_epochs = total_epochs
+        self.schedule.total_steps = total_steps
 
     def train_epoch(self) -> None:
         cfg = self.config
@@ -567,7 +343,7 @@ class Trainer:
                 break
 
     def validate(self) -> dict[str, Any]:
-        """Evaluate the EMA (else current) weights on the validation set; {} without one.
+        """Evaluate the EMA (else current) weights with the validator; {} without one.
         In a distributed run rank 0 evaluates and every rank gets its numbers."""
         if self.world_size > 1:
             from danlu.train.distributed import broadcast_object
@@ -576,25 +352,21 @@ class Trainer:
         return self._validate()
 
     def _validate(self) -> dict[str, Any]:
-        if self.val_data is None or len(self.val_data) == 0:
+        if self.validator is None:
             return {}
-        with keep_torch_threads():  # evaluation kernels may reset the OpenMP thread count
-            return self._evaluate_val()
-
-    def _evaluate_val(self) -> dict[str, Any]:
-        from danlu.evaluate.api import evaluate
-        from danlu.infer.predictor import Predictor
-
         model = self.ema.module if self.ema is not None else self.unwrapped_model
-        predictor = Predictor(model, device=self.device, class_names=self.class_names,
-                              img_size=self.config.img_size, resize=self.config.resize,
-                              score_threshold=self.config.score_threshold,
-                              batch_size=max(self.config.batch, 8))
-        preds = predictor.predict_dataset(self.val_data)
-        result = evaluate(self.val_data, preds, protocol="coco")
+        with keep_torch_threads():  # evaluation kernels may reset the OpenMP thread count
+            result = self.validator(model, self.device)
         self.last_eval = result
         self._call("on_eval", result)
         return {k: float(v) for k, v in result.metrics.items()}
+
+    def row_metrics(self) -> tuple[str, ...]:
+        """The validation numbers ``results.csv`` records (COCO: ``AP50``, ``AP``; else the
+        protocol's headline), plus the best-checkpoint number."""
+        protocol = self.validator.protocol if self.validator is not None else "coco"
+        names = ("AP50", "AP") if protocol == "coco" else ("mAP",)
+        return names if self.best_rule.metric in names else (*names, self.best_rule.metric)
 
     def end_epoch(self, epoch_start: float) -> None:
         cfg = self.config
@@ -604,21 +376,17 @@ class Trainer:
         if (self.epoch + 1) % cfg.eval_every == 0 or last_epoch:
             metrics = self.validate()
         val_time = time.monotonic() - val_start
-        improved = False
+        self.evaluated, self.improved = bool(metrics), False
         if metrics:
             self.metrics = metrics
-            fitness = float(metrics.get("AP", float("nan")))
-            if math.isfinite(fitness) and (self.best_fitness is None
-                                           or fitness > self.best_fitness):
-                self.best_fitness, self.bad_epochs, improved = fitness, 0, True
-            else:
-                self.bad_epochs += 1
+            fitness = self.best_rule.value(metrics)
+            if self.best_rule.improves(fitness, self.best_fitness):
+                self.best_fitness, self.improved = fitness, True
         n = max(self.epoch_batches, 1)
         row: dict[str, Any] = {"epoch": self.epoch + 1}
         row.update({k: v / n for k, v in self.epoch_losses.items()})
         row["lr"] = self.lr
-        row["AP50"] = metrics.get("AP50", float("nan"))
-        row["AP"] = metrics.get("AP", float("nan"))
+        row.update({k: metrics.get(k, float("nan")) for k in self.row_metrics()})
         row["epoch_time"] = time.monotonic() - epoch_start
         row["val_time"] = val_time
         row["elapsed"] = self.elapsed_now()
@@ -628,10 +396,10 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_losses, self.epoch_batches = {}, 0
-        if improved or (self.val_data is None):
+        if self.improved or (self.val_data is None):
             self.save_best()
-            if improved:
-                self.event("best", fitness=self.best_fitness)
+            if self.improved:
+                self.event("best", fitness=self.best_fitness, metric=self.best_rule.metric)
         self.save_last()
 
     def fit(self) -> TrainResult:
@@ -677,19 +445,27 @@ class Trainer:
         return result
 
     def final_evaluation(self) -> dict[str, Any]:
-        """Evaluate ``best.pt`` (loaded as a user would) into ``eval/``; returns its metrics."""
+        """Evaluate ``best.pt`` (loaded as a user would) into ``eval/`` under the validator's
+        protocol; returns its metrics."""
         from danlu.train.report import write_evaluation
 
         with keep_torch_threads():
             result = write_evaluation(self.best_path, self.val_data, self.run_dir / "eval",
                                       device=self.device,
-                                      score_threshold=self.config.score_threshold)
+                                      score_threshold=self.config.score_threshold,
+                                      protocol=self.validator.protocol)
         self.last_eval = result
         return {k: float(v) for k, v in result.metrics.items()}
 
 
-def _plain_metrics(metrics: dict[str, Any]) -> dict[str, float]:
-    return {str(k): float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    def close(self) -> None:
+        """Drop the model wrapper, optimizer and data loader (a DDP wrapper holds the process
+        group; freeing it here, not at interpreter exit, lets the group be torn down
+        cleanly). The trainer cannot train afterwards."""
+        self.model = self.unwrapped_model
+        self.optimizer = None
+        self.loader = None
+        self.sampler = None
 
 
-__all__ = ["Trainer", "TrainResult", "seed_everything", "algorithms", "keep_torch_threads"]
+__all__ = ["Trainer", "TrainResult", "LossFn"]

@@ -1,0 +1,55 @@
+"""A room's main function bound at the package root under the room's own name.
+
+``danlu.train(...)`` trains and ``danlu.train`` is also the room ``danlu/train/``; Python binds
+``danlu.train`` to the subpackage the first time it is imported, so the package root imports
+the room first and then binds a :class:`RoomFunction` over it: calling it calls the function,
+any other attribute is the room's (``danlu.train.TrainConfig``), and ``from danlu.train import
+X`` reads the package itself from ``sys.modules``. No module changes its class.
+
+Example:
+    >>> import danlu
+    >>> danlu.train.TrainConfig(epochs=2).epochs
+    2
+    >>> callable(danlu.train)
+    True
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+
+class RoomFunction:
+    """Call ``module.function``; read every other attribute from the package ``room``."""
+
+    def __init__(self, room: str, module: str, function: str) -> None:
+        self._room, self._module, self._function = room, module, function
+
+    def _target(self) -> Any:
+        return getattr(import_module(self._module), self._function)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._target()(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name not in ("__path__", "__all__"):
+            raise AttributeError(name)
+        return getattr(import_module(self._room), name)
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self._target().__doc__
+
+    @property
+    def __wrapped__(self) -> Any:  # inspect.signature and help() follow it
+        return self._target()
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(dir(import_module(self._room))))
+
+    def __repr__(self) -> str:
+        return f"<function {self._module}.{self._function} (and the room {self._room})>"
+
+
+__all__ = ["RoomFunction"]

@@ -1,0 +1,143 @@
+"""Post-processing: from a detector's candidate boxes to the final detections, by danlu.boxes.
+
+The Predictor asks the model for its candidates before suppression (score-thresholded,
+top-k per level, decoded to pixels) and :class:`PostProcess` chooses what survives:
+
+* ``hard`` — class-aware hard NMS (:func:`danlu.boxes.batched_nms`, ``IoU > iou`` suppresses);
+  on the same candidates it keeps what torchvision's own post-processing keeps, in its order;
+* ``agnostic`` — hard NMS over all classes (:func:`danlu.boxes.nms`);
+* ``soft-linear`` / ``soft-gaussian`` — class-aware Soft-NMS (:func:`danlu.boxes.soft_nms`;
+  scores are the decayed ones, boxes whose decayed score is ``<= score_threshold`` go);
+* ``wbf`` — weighted boxes fusion (:func:`danlu.boxes.weighted_boxes_fusion`) of the candidate
+  lists of several passes (test-time augmentation, several models); with one pass it fuses
+  overlapping candidates of one model;
+* ``nmm`` / ``greedy-nmm`` — non-maximum merging (:func:`danlu.boxes.nmm`,
+  :func:`danlu.boxes.greedy_nmm`, merged SAHI's way), matched by ``iou`` or ``ios``;
+* ``iou-guided`` — :func:`danlu.boxes.iou_guided_nms`, for candidates that carry a
+  localization score (``Detections.extra["loc_scores"]``);
+* ``none`` — every candidate, best first.
+
+At most ``max_detections`` survive, best first. Boxes are ``xyxy`` pixels; labels are kept.
+
+Example:
+    >>> import numpy as np
+    >>> from danlu.structures import Detections
+    >>> cand = Detections([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], [0, 0, 0],
+    ...                   scores=[0.9, 0.8, 0.7])
+    >>> PostProcess("hard", iou_threshold=0.5)(cand).scores.tolist()
+    [0.8999999761581543, 0.699999988079071]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from danlu.errors import ConfigError
+from danlu.structures import Detections
+
+METHODS = ("hard", "agnostic", "soft-linear", "soft-gaussian", "iou-guided", "wbf", "nmm",
+           "greedy-nmm", "none")
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Suppress or merge candidate detections (see the module docstring for the methods).
+
+    Args:
+        method: one of :data:`METHODS`.
+        iou_threshold: the overlap above which boxes suppress (``>``) or merge (``>=`` for
+            NMM, as its functions state).
+        max_detections: keep at most this many, best first (0: no limit).
+        score_threshold: drop results scoring below this (Soft-NMS: decayed scores).
+        sigma: the gaussian Soft-NMS width.
+        match: ``iou`` or ``ios`` (intersection over the smaller box), for the NMM methods.
+    """
+
+    method: str = "hard"
+    iou_threshold: float = 0.5
+    max_detections: int = 100
+    score_threshold: float = 0.0
+    sigma: float = 0.5
+    match: str = "iou"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown suppression {self.method!r}",
+                              hint="one of " + ", ".join(METHODS))
+        if self.match not in ("iou", "ios"):
+            raise ConfigError(f"match must be iou or ios, got {self.match!r}")
+
+    def __call__(self, candidates: Detections | Sequence[Detections]) -> Detections:
+        """The final detections of one image from its candidates (one :class:`Detections`,
+        or one per pass; passes are concatenated except by ``wbf``, which fuses them)."""
+        passes = [candidates] if isinstance(candidates, Detections) else list(candidates)
+        if not passes:
+            return Detections.empty(with_scores=True)
+        if self.method == "wbf":
+            out = self._wbf(passes)
+        else:
+            out = self._suppress(Detections.concat(passes) if len(passes) > 1 else passes[0])
+        if self.score_threshold > 0 and len(out):
+            out = out[out.scores >= self.score_threshold]
+        if self.max_detections and len(out) > self.max_detections:
+            out = out[: self.max_detections]
+        return out
+
+    def _suppress(self, det: Detections) -> Detections:
+        from danlu import boxes
+
+        if det.scores is None:
+            raise ConfigError("post-processing needs scored candidates")
+        if len(det) == 0:
+            return det
+        m, thr = self.method, self.iou_threshold
+        if m == "hard":
+            return det[boxes.batched_nms(det.xyxy, det.scores, det.labels, thr)]
+        if m == "agnostic":
+            return det[boxes.nms(det.xyxy, det.scores, thr)]
+        if m == "none":
+            return det[np.argsort(-det.scores, kind="stable")]
+        if m in ("soft-linear", "soft-gaussian"):
+            keep, decayed = boxes.soft_nms(det.xyxy, det.scores, method=m[5:], sigma=self.sigma,
+                                           iou_threshold=thr, labels=det.labels,
+                                           score_threshold=self.score_threshold)
+            return det[keep].with_scores(np.asarray(decayed, np.float32))
+        if m == "iou-guided":
+            loc = det.extra.get("loc_scores")
+            if loc is None:
+                raise ConfigError("iou-guided NMS needs a localization score per candidate",
+                                  hint="this model gives none; use --nms hard or soft-*")
+            keep, best = boxes.iou_guided_nms(det.xyxy, det.scores, loc, thr, labels=det.labels)
+            out = det[keep].with_scores(np.asarray(best, np.float32))
+            return out[np.argsort(-out.scores, kind="stable")]
+        return self._merge(det)
+
+    def _merge(self, det: Detections) -> Detections:
+        from danlu import boxes
+
+        metric = self.match.upper()
+        find = boxes.greedy_nmm if self.method == "greedy-nmm" else boxes.nmm
+        clusters = find(det.xyxy, det.scores, det.labels, match_metric=metric,
+                        match_threshold=self.iou_threshold)
+        xyxy, scores, labels = boxes.merge_predictions(
+            det.xyxy, det.scores, det.labels, clusters, match_metric=metric,
+            match_threshold=self.iou_threshold)
+        out = Detections(np.asarray(xyxy, np.float32), labels, scores=np.asarray(scores))
+        return out[np.argsort(-out.scores, kind="stable")]
+
+    def _wbf(self, passes: list[Detections]) -> Detections:
+        from danlu.boxes import weighted_boxes_fusion
+
+        if all(len(p) == 0 for p in passes):
+            return Detections.empty(with_scores=True)
+        xyxy, scores, labels = weighted_boxes_fusion(
+            [p.xyxy for p in passes], [p.scores for p in passes], [p.labels for p in passes],
+            iou_threshold=self.iou_threshold)
+        return Detections(np.asarray(xyxy, np.float32), labels,
+                          scores=np.asarray(scores, np.float32))
+
+
+__all__ = ["PostProcess", "METHODS"]
