@@ -6,6 +6,9 @@ Algorithm 1 (IoU-guided NMS), a greedy loop over shapely polygons (polygon NMS).
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -13,7 +16,12 @@ import torchvision
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from danlu.boxes import _nms_sweep
+from danlu.boxes._arrays import _rank_order
 from danlu.boxes.nms import batched_nms, iou_guided_nms, nms, polygon_nms
+
+# the module itself (the package attribute ``danlu.boxes.nms`` is the function)
+nms_module = importlib.import_module("danlu.boxes.nms")
 
 
 def random_boxes(n: int, seed: int = 0, img: float = 1000.0, lo: float = 5.0, hi: float = 100.0,
@@ -196,6 +204,110 @@ def test_nms_properties(data, t: float) -> None:
     # (these properties determine greedy NMS's result uniquely, by induction over the ranks)
 
 
+# -- the two engines: the numpy sweep (small inputs) and the numba kernel -------------------
+
+
+def kernel_keep(b: np.ndarray, s: np.ndarray, lab: np.ndarray | None, t: float) -> np.ndarray:
+    """The numba kernel's kept indices, bypassing the sweep."""
+    kept, _ = nms_module._run(b, _rank_order(s), lab, t, None)
+    return kept
+
+
+def sweep_keep(b: np.ndarray, s: np.ndarray, lab: np.ndarray | None, t: float) -> np.ndarray:
+    """The numpy sweep's kept indices (the sweep must accept the input)."""
+    order = _rank_order(s)
+    kept = _nms_sweep.nms_keep(np.ascontiguousarray(b[order]),
+                               None if lab is None else lab[order], t)
+    assert kept is not None
+    return order[kept]
+
+
+def test_small_inputs_take_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, s = random_boxes(1000, seed=21)
+    lab = np.random.default_rng(0).integers(0, 10, 1000)
+    expected = tv_batched(b, s, lab, 0.5)
+
+    def no_kernel() -> None:
+        raise AssertionError("the numba kernel was called")
+
+    monkeypatch.setattr(nms_module, "_kernels", no_kernel)
+    # a fresh process: the kernel module is not loaded yet (once it is, it serves every size)
+    monkeypatch.delitem(sys.modules, "danlu.boxes._nms_kernels", raising=False)
+    np.testing.assert_array_equal(batched_nms(b, s, lab, 0.5), expected)
+    np.testing.assert_array_equal(nms(b, s, 0.5), tv_nms(b, s, 0.5))
+    with pytest.raises(AssertionError, match="kernel"):
+        nms(b, s, -0.5)  # a negative threshold is the kernel's
+
+
+def test_a_loaded_kernel_serves_small_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, s = random_boxes(300, seed=5)
+    nms_module._kernels()  # loads danlu.boxes._nms_kernels, as an earlier large call would
+    monkeypatch.setattr(_nms_sweep, "nms_keep", lambda *a: pytest.fail("sweep was used"))
+    np.testing.assert_array_equal(nms(b, s, 0.5), tv_nms(b, s, 0.5))
+
+
+@pytest.mark.parametrize("n", [2, 50, 2000])
+@pytest.mark.parametrize("t", [0.0, 0.5, 1.0])
+def test_kernel_matches_torchvision_on_small_inputs(n: int, t: float) -> None:
+    b, s = random_boxes(n, seed=n)
+    np.testing.assert_array_equal(kernel_keep(b, s, None, t), tv_nms(b, s, t))
+    lab = np.random.default_rng(n).integers(0, 3, n)
+    np.testing.assert_array_equal(kernel_keep(b, s, lab, t), tv_batched(b, s, lab, t))
+
+
+def test_sweep_hands_dense_inputs_to_the_kernel() -> None:
+    b = np.tile(np.array([[0, 0, 10, 10]], np.float32), (1500, 1))
+    b += np.random.default_rng(0).normal(0, 0.5, b.shape).astype(np.float32)
+    s = np.random.default_rng(1).random(1500).astype(np.float32)
+    assert _nms_sweep.nms_keep(b[_rank_order(s)], None, 0.5) is None  # ~1e6 candidate pairs
+    np.testing.assert_array_equal(nms(b, s, 0.5), tv_nms(b, s, 0.5))
+
+
+@pytest.mark.parametrize("t", [0.0, 0.3, 0.7])
+def test_sweep_matches_torchvision_clustered_and_huge(t: float) -> None:
+    b, s = clustered_boxes(600, seed=8, clusters=40)
+    np.testing.assert_array_equal(sweep_keep(b, s, None, t), tv_nms(b, s, t))
+    lab = np.random.default_rng(2).integers(0, 4, 600)
+    np.testing.assert_array_equal(sweep_keep(b, s, lab, t), tv_batched(b, s, lab, t))
+    # boxes as large as the image among small ones: one strip, wide x ranges
+    b, s = random_boxes(300, seed=9)
+    b = np.concatenate([b, [[0, 0, 1000, 1000]] * 5, [[-1e6, 3, 1e6, 4]]]).astype(np.float32)
+    s = np.concatenate([s, np.linspace(0.2, 0.9, 6)]).astype(np.float32)
+    np.testing.assert_array_equal(sweep_keep(b, s, None, t), tv_nms(b, s, t))
+
+
+# coordinates that exercise every special case: ties, touching edges, huge and non-finite values
+special = st.sampled_from([0.0, -0.0, 1.0, 5.0, 5.5, 10.0, 1e30, -1e30, np.inf, -np.inf, np.nan])
+coord_any = st.floats(-20, 120, allow_nan=False, width=32) | special
+
+
+@st.composite
+def messy_box_sets(draw, max_n: int = 60):
+    n = draw(st.integers(0, max_n))
+    b = np.array(draw(st.lists(st.tuples(coord_any, coord_any, coord_any, coord_any),
+                               min_size=n, max_size=n)), dtype=np.float64).reshape(n, 4)
+    if draw(st.booleans()):  # mostly well-formed boxes, some degenerate ones
+        b = np.concatenate([np.minimum(b[:, :2], b[:, 2:]), np.maximum(b[:, :2], b[:, 2:])], 1)
+    s = np.array(draw(st.lists(st.sampled_from([0.1, 0.5, 0.9, np.nan]) | st.floats(0, 1),
+                               min_size=n, max_size=n)))
+    lab = np.array(draw(st.lists(st.integers(0, 2), min_size=n, max_size=n)), dtype=np.int64)
+    dtype = draw(st.sampled_from([np.float32, np.float64]))
+    return b.astype(dtype), s.astype(dtype), lab
+
+
+@settings(max_examples=300, deadline=None)
+@given(messy_box_sets(), st.sampled_from([0.0, 0.1, 0.5, 0.9, 1.0, np.nan]), st.booleans())
+def test_sweep_matches_kernel(data, t: float, labelled: bool) -> None:
+    b, s, lab = data
+    if len(b) == 0:
+        return
+    lab = lab if labelled else None
+    ours = sweep_keep(b, s, lab, t)
+    np.testing.assert_array_equal(ours, kernel_keep(b, s, lab, t))
+    public = batched_nms(b, s, lab, t) if labelled else nms(b, s, t)
+    np.testing.assert_array_equal(public, ours)
+
+
 # -- IoU-guided NMS ---------------------------------------------------------------------------
 
 
@@ -288,6 +400,24 @@ def test_polygon_nms_matches_shapely(t: float, labelled: bool) -> None:
     s = np.random.default_rng(1).random(300)
     lab = np.random.default_rng(2).integers(0, 3, 300) if labelled else None
     assert polygon_nms(p, s, t, labels=lab).tolist() == shapely_polygon_nms(p, s, t, lab)
+
+
+def test_polygon_nms_when_the_grid_is_refused() -> None:
+    from danlu.boxes._grid import build_grid
+
+    # small rotated boxes and 100 near-copies of the whole scene, which cover every grid cell
+    small = rotated_polygons(200, seed=3)
+    centre = small.mean(axis=1, keepdims=True)
+    small = centre + (small - centre) * 0.2
+    j = np.random.default_rng(6).uniform(0, 20, (100, 1))
+    big = np.stack([np.hstack([j, j]), np.hstack([300 - j, j]), np.hstack([300 - j, 300 - j]),
+                    np.hstack([j, 300 - j])], 1)
+    p = np.concatenate([small, big])
+    s = np.random.default_rng(5).random(300)
+    enclosing = np.ascontiguousarray(np.concatenate([p.min(axis=1), p.max(axis=1)], 1))
+    assert not build_grid(enclosing, 0, 300)[0]  # too many registrations: the plain loop
+    for t in (0.0, 0.3):
+        assert polygon_nms(p, s, t).tolist() == shapely_polygon_nms(p, s, t)
 
 
 def test_polygon_nms_edge_cases() -> None:

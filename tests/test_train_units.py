@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from danlu.errors import ConfigError, DatasetError, ModelError
+from danlu.models.transform import InputTransform
 from danlu.structures import Dataset, Detections, Sample
 from danlu.train.checkpoint import (
     FORMAT,
@@ -23,7 +24,6 @@ from danlu.train.checkpoint import (
     set_rng_state,
 )
 from danlu.train.config import TrainConfig
-from danlu.models.transform import InputTransform
 from danlu.train.data import DetectionDataset, EpochBatchSampler, collate
 from danlu.train.ema import ModelEMA
 from danlu.train.schedule import LRSchedule

@@ -26,6 +26,7 @@ from danlu.boxes.convert import (
     scale_boxes,
     to_yolo,
     translate_boxes,
+    xyxy_to_polygon,
 )
 from danlu.boxes.fusion import weighted_boxes_fusion
 from danlu.boxes.iou import (
@@ -54,6 +55,7 @@ from danlu.boxes.soft_nms import soft_nms
 __all__ = [
     "BOX_FORMATS", "box_area", "box_convert", "clip_boxes", "cxcywha_to_polygon", "from_yolo",
     "polygon_to_cxcywha", "polygon_to_xyxy", "scale_boxes", "to_yolo", "translate_boxes",
+    "xyxy_to_polygon",
     "box_iou", "box_iou_aligned", "generalized_box_iou", "generalized_box_iou_aligned",
     "distance_box_iou", "distance_box_iou_aligned", "complete_box_iou", "complete_box_iou_aligned",
     "box_ios", "box_ios_aligned", "polygon_area", "polygon_signed_area", "polygon_iou",

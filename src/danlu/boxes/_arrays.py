@@ -3,31 +3,45 @@
 The kernels run on contiguous numpy arrays. These helpers turn whatever the caller passed into
 such arrays with as little copying as possible, remember where the input lived, and put results
 back there. Private: the public functions document the conventions.
+
+torch is never imported here: nothing can be a tensor before the caller has imported torch, so
+:func:`_is_tensor` asks ``sys.modules`` and ``import danlu.boxes`` stays free of torch's import
+time (about a second).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 
-def _is_torch(*xs: Any) -> bool:
-    return any(isinstance(x, torch.Tensor) for x in xs)
+def _torch() -> Any:
+    """The torch module; only called once a tensor has been seen, so it is already imported."""
+    return sys.modules["torch"]
+
+
+def _is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a torch tensor, without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _device_of(*xs: Any) -> torch.device | None:
     """The device of the first tensor among ``xs`` (None when none is a tensor)."""
     for x in xs:
-        if isinstance(x, torch.Tensor):
+        if _is_tensor(x):
             return x.device
     return None
 
 
 def _np(x: Any) -> np.ndarray:
     """``x`` as a numpy array; a CPU tensor is shared, not copied."""
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
         return x.detach().cpu().numpy()
     return np.asarray(x)
 
@@ -101,13 +115,29 @@ def _rank_order(scores: np.ndarray) -> np.ndarray:
     return order.astype(np.int64, copy=False)
 
 
+def _group_order(order: np.ndarray, labels: np.ndarray | None
+                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """The kernels' processing order: ``order`` regrouped stably by label.
+
+    Returns ``(perm, sub, starts)``: ``perm = order[sub]`` lists the boxes group by group
+    (labels increasing), each group in ``order``'s order; group ``g`` is
+    ``perm[starts[g]:starts[g + 1]]``. Without labels there is one group and ``sub`` is None.
+    """
+    if labels is None:
+        return order, None, np.array([0, order.shape[0]], dtype=np.int64)
+    from danlu.boxes._grid import group_by_label  # numba, imported on first use
+
+    sub, starts = group_by_label(labels[order])
+    return order[sub], sub, starts
+
+
 def _index_out(idx: np.ndarray, like: Any) -> Any:
     """int64 indices as a numpy array, or as a tensor on ``like``'s device when it is one."""
     idx = np.ascontiguousarray(idx, dtype=np.int64)
     device = _device_of(like) if not isinstance(like, tuple) else _device_of(*like)
     if device is None:
         return idx
-    return torch.from_numpy(idx).to(device)
+    return _torch().from_numpy(idx).to(device)
 
 
 def _values_out(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
@@ -115,7 +145,7 @@ def _values_out(values: np.ndarray, like: Any, dtype: Any = None) -> Any:
     device = _device_of(like)
     if device is None:
         return values if dtype is None else values.astype(dtype, copy=False)
-    t = torch.from_numpy(np.ascontiguousarray(values))
+    t = _torch().from_numpy(np.ascontiguousarray(values))
     if dtype is not None:
         t = t.to(dtype)
     return t.to(device)

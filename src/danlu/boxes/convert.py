@@ -24,12 +24,17 @@ otherwise (``box_area``, ``clip_boxes`` keep the dtype, like torchvision).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+from danlu.boxes._arrays import _is_tensor, _torch
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported only by callers that pass tensors (see danlu.boxes._arrays)
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
@@ -53,21 +58,21 @@ __all__ = [
 
 def _as_array(x: Any) -> np.ndarray | torch.Tensor:
     """A tensor stays a tensor; anything else (lists, scalars, arrays) becomes a numpy array."""
-    return x if isinstance(x, torch.Tensor) else np.asarray(x)
+    return x if _is_tensor(x) else np.asarray(x)
 
 
 def _as_float(x: Any) -> np.ndarray | torch.Tensor:
     """``x`` as an array of a floating dtype; float dtypes are kept, integers promoted."""
     x = _as_array(x)
-    if isinstance(x, torch.Tensor):
-        return x if x.is_floating_point() else x.to(torch.get_default_dtype())
+    if _is_tensor(x):
+        return x if x.is_floating_point() else x.to(_torch().get_default_dtype())
     return x if np.issubdtype(x.dtype, np.floating) else x.astype(np.float64)
 
 
 def _stack(parts: Sequence[Any], like: Any) -> Any:
     """Stack ``parts`` along a new last axis with the library of ``like``."""
-    if isinstance(like, torch.Tensor):
-        return torch.stack(list(parts), dim=-1)
+    if _is_tensor(like):
+        return _torch().stack(list(parts), dim=-1)
     return np.stack(parts, axis=-1)
 
 
@@ -77,7 +82,7 @@ def _xp(x: Any) -> Any:
     Only functions with the same name and positional signature in both are called through it
     (``maximum``, ``minimum``, ``where``, ``arctan2``, ``sqrt``, ``cos``, ``sin``, ``abs``...).
     """
-    return torch if isinstance(x, torch.Tensor) else np
+    return _torch() if _is_tensor(x) else np
 
 
 def _check_last(x: Any, n: int, name: str) -> None:
@@ -133,7 +138,7 @@ def box_convert(boxes: Array, in_fmt: str, out_fmt: str) -> Array:
     boxes = _as_float(boxes)
     _check_last(boxes, 4, "boxes")
     if in_fmt == out_fmt:
-        return boxes.clone() if isinstance(boxes, torch.Tensor) else boxes.copy()
+        return boxes.clone() if _is_tensor(boxes) else boxes.copy()
     return _from_xyxy(_to_xyxy(boxes, in_fmt), out_fmt)
 
 
@@ -310,12 +315,27 @@ def polygon_to_cxcywha(polygons: Array) -> Array:
     # Rounding makes equal rectangles differ in their last bits (more for thin ones); accept the
     # first one within sqrt(machine epsilon) of the smallest, relative to the largest candidate,
     # so the polygon's own first edge wins ties.
-    finfo = torch.finfo if isinstance(area, torch.Tensor) else np.finfo
+    finfo = _torch().finfo if _is_tensor(area) else np.finfo
     eps = finfo(area.dtype).eps
     thresh = _amin(area) + eps**0.5 * _amax(area)
     first = _argmax_first(area <= thresh[..., None])
     best = _take_last2(cand, first)
     return best[..., :5]
+
+
+def xyxy_to_polygon(boxes: Array) -> Array:
+    """Axis-aligned ``xyxy`` boxes ``[..., 4]`` -> their corners ``[..., 4, 2]`` in DOTA order
+    (top-left, top-right, bottom-right, bottom-left: positive shoelace area).
+
+    >>> xyxy_to_polygon(np.array([[1.0, 2.0, 5.0, 4.0]]))[0].tolist()
+    [[1.0, 2.0], [5.0, 2.0], [5.0, 4.0], [1.0, 4.0]]
+    """
+    boxes = _as_float(boxes)
+    _check_last(boxes, 4, "boxes")
+    x1, y1, x2, y2 = _unbind(boxes)
+    xs = _stack([x1, x2, x2, x1], boxes)
+    ys = _stack([y1, y1, y2, y2], boxes)
+    return _stack([xs, ys], boxes)
 
 
 def polygon_to_xyxy(polygons: Array) -> Array:
@@ -333,24 +353,24 @@ def polygon_to_xyxy(polygons: Array) -> Array:
 
 def _amin(x: Any) -> Any:
     """Minimum over the last axis."""
-    return x.amin(dim=-1) if isinstance(x, torch.Tensor) else x.min(axis=-1)
+    return x.amin(dim=-1) if _is_tensor(x) else x.min(axis=-1)
 
 
 def _amax(x: Any) -> Any:
     """Maximum over the last axis."""
-    return x.amax(dim=-1) if isinstance(x, torch.Tensor) else x.max(axis=-1)
+    return x.amax(dim=-1) if _is_tensor(x) else x.max(axis=-1)
 
 
 def _argmax_first(mask: Any) -> Any:
     """Index of the first True along the last axis (both libraries return the first maximum)."""
-    if isinstance(mask, torch.Tensor):
-        return mask.to(torch.uint8).argmax(dim=-1)
+    if _is_tensor(mask):
+        return mask.to(_torch().uint8).argmax(dim=-1)
     return mask.argmax(axis=-1)
 
 
 def _take_last2(x: Any, idx: Any) -> Any:
     """``x[..., idx, :]`` with one index per leading position: ``[..., K, C]`` -> ``[..., C]``."""
-    if isinstance(x, torch.Tensor):
-        return torch.take_along_dim(x, idx[..., None, None], dim=-2)[..., 0, :]
+    if _is_tensor(x):
+        return _torch().take_along_dim(x, idx[..., None, None], dim=-2)[..., 0, :]
     return np.take_along_axis(x, idx[..., None, None], axis=-2)[..., 0, :]
 

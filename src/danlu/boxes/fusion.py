@@ -41,16 +41,18 @@ moved to the device of the first box tensor.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import torch
 
-from danlu.boxes import _kernels
-from danlu.boxes._arrays import _device_of, _np
+from danlu.boxes._arrays import _device_of, _np, _torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["weighted_boxes_fusion"]
 
-Array = np.ndarray | torch.Tensor
+Array: TypeAlias = "np.ndarray | torch.Tensor"
 
 _CONF_TYPES = ("avg", "max", "box_and_model_avg", "absent_model_aware_avg")
 
@@ -135,8 +137,10 @@ def weighted_boxes_fusion(boxes_list: Sequence[Array], scores_list: Sequence[Arr
     for g in range(uniq.shape[0]):
         idx = members[starts[g]:starts[g + 1]]
         order[starts[g]:starts[g + 1]] = idx[ws[idx].argsort()[::-1]]
+    from danlu.boxes import _wbf_kernels  # numba, imported on first use
+
     bo = np.ascontiguousarray(b[order])
-    member_of, cstart, fb, fscore, fweight, cnt = _kernels.wbf_sorted(
+    member_of, cstart, fb, fscore, fweight, cnt = _wbf_kernels.wbf_sorted(
         bo, np.ascontiguousarray(ws[order]), np.ascontiguousarray(wt[order]),
         starts.astype(np.int64), float(iou_threshold), conf_type == "max")
     clabels = np.repeat(uniq[by_first], np.diff(cstart))
@@ -176,6 +180,7 @@ def _out(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
          device: torch.device | None) -> tuple[Array, Array, Array]:
     if device is None:
         return boxes, scores, labels
+    torch = _torch()
     return (torch.from_numpy(np.ascontiguousarray(boxes)).to(device),
             torch.from_numpy(np.ascontiguousarray(scores)).to(device),
             torch.from_numpy(np.ascontiguousarray(labels)).to(device))

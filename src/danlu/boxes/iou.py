@@ -24,8 +24,8 @@ import math
 from typing import Any
 
 import numpy as np
-import torch
 
+from danlu.boxes._arrays import _is_tensor, _torch
 from danlu.boxes.convert import Array, _as_array, _check_last, _unbind, _xp, box_area
 
 __all__ = [
@@ -48,8 +48,9 @@ _EPS = 1e-7
 def _prepare(a: Any, b: Any) -> tuple[Any, Any]:
     """Both arguments as arrays of one library, device and float dtype."""
     a, b = _as_array(a), _as_array(b)
-    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        ref = a if isinstance(a, torch.Tensor) else b
+    if _is_tensor(a) or _is_tensor(b):
+        torch = _torch()
+        ref = a if _is_tensor(a) else b
         a = torch.as_tensor(a, device=ref.device)
         b = torch.as_tensor(b, device=ref.device)
         dtype = torch.promote_types(a.dtype, b.dtype)
@@ -146,7 +147,7 @@ def _ciou(a: Any, b: Any, eps: float) -> Any:
     wb, hb = (bx2 - bx1).clip(min=0), (by2 - by1).clip(min=0)
     v = (4 / math.pi**2) * (xp.arctan2(wa, ha) - xp.arctan2(wb, hb)) ** 2
     alpha = v / (1 - iou + v + eps)
-    if isinstance(alpha, torch.Tensor):
+    if _is_tensor(alpha):
         # As in the CIoU paper and torchvision: alpha is a weight, not differentiated through.
         alpha = alpha.detach()
     return diou - alpha * v

@@ -28,7 +28,7 @@ gives a metric of 0 (SAHI divides and gets NaN, which its ``<`` test then counts
 so a zero-area box matches everything there in IoS mode: we consider that a bug). Ties in score
 are broken by lower index first (SAHI uses an unstable sort). With ``labels``, only boxes of the
 same label match (SAHI's ``batched_*``). Keys of the returned dict are in decreasing score order.
-The engine is a numba kernel with the grid spatial index of ``_kernels`` (exact; the plain loop
+The engine is a numba kernel with the grid spatial index of ``_grid`` (exact; the plain loop
 for ``match_threshold <= 0``). Torch inputs are processed on the CPU; index dicts hold Python
 ints and merged arrays come back on the input's device.
 """
@@ -36,16 +36,35 @@ ints and merged arrays come back on the input's device.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
-import torch
 
-from danlu.boxes import _kernels
-from danlu.boxes._arrays import _device_of, _labels, _np, _rank_order, _scores, _vector
+from danlu.boxes._arrays import (
+    _device_of,
+    _group_order,
+    _labels,
+    _np,
+    _rank_order,
+    _scores,
+    _torch,
+    _vector,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["greedy_nmm", "nmm", "merge_predictions"]
 
-Array = np.ndarray | torch.Tensor
+Array: TypeAlias = "np.ndarray | torch.Tensor"
+
+
+def _kernels() -> ModuleType:
+    """The numba kernels, imported on first use (importing the package does not import numba)."""
+    from danlu.boxes import _nmm_kernels
+
+    return _nmm_kernels
 
 
 def _metric(match_metric: str) -> bool:
@@ -73,13 +92,8 @@ def _cluster(boxes: Array, scores: Array, labels: Array | None, match_metric: st
     if n == 0:
         return {}
     order = _rank_order(s)
-    if labels is None:
-        perm = order
-        starts = np.array([0, n], dtype=np.int64)
-    else:
-        sub, starts = _kernels.group_by_label(_labels(labels, n)[order])
-        perm = order[sub]
-    keeper, pk, pm = _kernels.nmm_sorted(np.ascontiguousarray(b[perm]), starts,
+    perm, _, starts = _group_order(order, None if labels is None else _labels(labels, n))
+    keeper, pk, pm = _kernels().nmm_sorted(np.ascontiguousarray(b[perm]), starts,
                                          float(match_threshold), ios, greedy)
     kept = perm[np.flatnonzero(keeper)]
     rank = np.empty(n, np.int64)
@@ -151,10 +165,11 @@ def merge_predictions(boxes: Array, scores: Array, labels: Array | None,
         raise ValueError("keep_to_merge has an index out of range")
     if members.size and (members.min() < 0 or members.max() >= n):
         raise ValueError("keep_to_merge has an index out of range")
-    ob, osc, olab = _kernels.merge_clusters(b, s, lab, keepers, mstart, members,
+    ob, osc, olab = _kernels().merge_clusters(b, s, lab, keepers, mstart, members,
                                             float(match_threshold), ios)
     device = _device_of(boxes, scores, labels)
     if device is None:
         return ob, osc, olab
+    torch = _torch()
     return (torch.from_numpy(ob).to(device), torch.from_numpy(osc).to(device),
             torch.from_numpy(olab).to(device))

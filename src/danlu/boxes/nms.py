@@ -17,24 +17,30 @@ so the result is deterministic. torchvision's CPU kernel uses an unstable sort, 
 with exactly equal scores that overlap, which one it keeps depends on the sort's internals.
 NaN scores rank above every number, as in ``torch.sort``.
 
-The CPU engine is a numba kernel with a uniform-grid spatial index (see ``_kernels``): exact, and
+The CPU engine is a numba kernel with a uniform-grid spatial index (see ``_grid``): exact, and
 close to linear in the number of boxes for realistic layouts, where torchvision's loop is
-quadratic. CUDA tensors are handed to torchvision's CUDA kernel for ``nms``/``batched_nms``
+quadratic. Up to a few thousand boxes, ``nms`` and ``batched_nms`` run a pure-numpy sweep
+instead (``_nms_sweep``, same result): the first numba call in a process costs hundreds of
+milliseconds even with its compiled code cached on disk, the sweep about a millisecond. CUDA
+tensors are handed to torchvision's CUDA kernel for ``nms``/``batched_nms``
 (same ``>`` rule; its tie order is its own); ``iou_guided_nms`` and ``polygon_nms`` run on the
 CPU and move the result back.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import numpy as np
-import torch
 
-from danlu.boxes import _kernels
+from danlu.boxes import _nms_sweep
 from danlu.boxes._arrays import (
     _float_boxes,
+    _group_order,
     _index_out,
+    _is_tensor,
     _labels,
     _np,
     _rank_order,
@@ -42,30 +48,51 @@ from danlu.boxes._arrays import (
     _values_out,
 )
 
+if TYPE_CHECKING:
+    import torch
+
 __all__ = ["nms", "batched_nms", "iou_guided_nms", "polygon_nms"]
 
-Array = np.ndarray | torch.Tensor
+Array: TypeAlias = "np.ndarray | torch.Tensor"
+
+
+def _kernels() -> ModuleType:
+    """The numba kernels, imported on first use (importing the package does not import numba)."""
+    from danlu.boxes import _nms_kernels
+
+    return _nms_kernels
 
 
 def _on_cuda(*xs: Any) -> bool:
-    return any(isinstance(x, torch.Tensor) and x.is_cuda for x in xs)
+    return any(_is_tensor(x) and x.is_cuda for x in xs)
+
+
+def _keep(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray | None,
+          iou_threshold: float) -> np.ndarray:
+    """Kept indices of hard NMS, by decreasing rank: the numpy sweep when it applies."""
+    thr = float(iou_threshold)
+    # the sweep spares a fresh process numba's start-up; once this process has loaded the
+    # kernel (an earlier large call), the kernel is the faster of the two at every size
+    if order.shape[0] <= _nms_sweep.MAX_BOXES and "danlu.boxes._nms_kernels" not in sys.modules:
+        b = np.ascontiguousarray(boxes[order])
+        kept = _nms_sweep.nms_keep(b, None if labels is None else labels[order], thr)
+        if kept is not None:
+            return order[kept]
+    kept, _ = _run(boxes, order, labels, thr, None)
+    return kept
 
 
 def _run(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray | None, iou_threshold: float,
          cls: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """Kept indices (by decreasing rank) and, when ``cls`` is given, their cluster maxima."""
-    if labels is None:
-        perm = order
-        starts = np.array([0, order.shape[0]], dtype=np.int64)
-    else:
-        sub, starts = _kernels.group_by_label(labels[order])
-        perm = order[sub]
+    """The kernel's kept indices (by decreasing rank) and, when ``cls`` is given, their
+    cluster maxima."""
+    perm, sub, starts = _group_order(order, labels)
     b = np.ascontiguousarray(boxes[perm])
     track = cls is not None
     c = np.ascontiguousarray(cls[perm]) if track else np.zeros(perm.shape[0], np.float32)
-    keep, best = _kernels.nms_sorted(b, starts, float(iou_threshold), c, track)
+    keep, best = _kernels().nms_sorted(b, starts, float(iou_threshold), c, track)
     pos = np.flatnonzero(keep)
-    if labels is not None:
+    if sub is not None:
         # positions in `perm` -> positions in `order` (= ranks), then back to rank order
         ranks = np.sort(sub[pos])
         kept = order[ranks]
@@ -103,8 +130,7 @@ def nms(boxes: Array, scores: Array, iou_threshold: float) -> Array:
     s = _scores(scores, b.shape[0])
     if b.shape[0] == 0:
         return _index_out(np.zeros(0, np.int64), boxes)
-    kept, _ = _run(b, _rank_order(s), None, iou_threshold, None)
-    return _index_out(kept, boxes)
+    return _index_out(_keep(b, _rank_order(s), None, iou_threshold), boxes)
 
 
 def batched_nms(boxes: Array, scores: Array, labels: Array, iou_threshold: float) -> Array:
@@ -135,8 +161,7 @@ def batched_nms(boxes: Array, scores: Array, labels: Array, iou_threshold: float
     lab = _labels(labels, n)
     if n == 0:
         return _index_out(np.zeros(0, np.int64), boxes)
-    kept, _ = _run(b, _rank_order(s), lab, iou_threshold, None)
-    return _index_out(kept, boxes)
+    return _index_out(_keep(b, _rank_order(s), lab, iou_threshold), boxes)
 
 
 def iou_guided_nms(boxes: Array, cls_scores: Array, loc_scores: Array, iou_threshold: float,
@@ -206,12 +231,7 @@ def polygon_nms(polygons: Array, scores: Array, iou_threshold: float,
     if n == 0:
         return _index_out(np.zeros(0, np.int64), polygons)
     order = _rank_order(s)
-    if labels is None:
-        perm = order
-        starts = np.array([0, n], dtype=np.int64)
-    else:
-        sub, starts = _kernels.group_by_label(_labels(labels, n)[order])
-        perm = order[sub]
+    perm, sub, starts = _group_order(order, None if labels is None else _labels(labels, n))
     pp = p[perm]
     if iou_threshold < 0:
         # every IoU (always a number, >= 0) exceeds the threshold: each group keeps its first
@@ -219,10 +239,10 @@ def polygon_nms(polygons: Array, scores: Array, iou_threshold: float,
         keep[starts[:-1]] = True
     else:
         enclosing = np.ascontiguousarray(np.concatenate([pp.min(axis=1), pp.max(axis=1)], 1))
-        first, second = _kernels.overlap_pairs(enclosing, starts)
+        first, second = _kernels().overlap_pairs(enclosing, starts)
         iou = np.asarray(polygon_iou_aligned(pp[first], pp[second]), dtype=np.float64)
-        keep = _kernels.greedy_from_pairs(n, first, second, iou, float(iou_threshold))
+        keep = _kernels().greedy_from_pairs(n, first, second, iou, float(iou_threshold))
     pos = np.flatnonzero(keep)
-    if labels is None:
+    if sub is None:
         return _index_out(perm[pos], polygons)
     return _index_out(order[np.sort(sub[pos])], polygons)

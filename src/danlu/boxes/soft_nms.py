@@ -29,15 +29,26 @@ are processed on the CPU and the result is moved back to the input's device.
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, TypeAlias
 
-from danlu.boxes import _kernels
-from danlu.boxes._arrays import _index_out, _labels, _np, _rank_order, _values_out, _vector
+import numpy as np
+
+from danlu.boxes._arrays import (
+    _group_order,
+    _index_out,
+    _labels,
+    _np,
+    _rank_order,
+    _values_out,
+    _vector,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["soft_nms"]
 
-Array = np.ndarray | torch.Tensor
+Array: TypeAlias = "np.ndarray | torch.Tensor"
 
 
 def soft_nms(boxes: Array, scores: Array, *, method: str = "gaussian", sigma: float = 0.5,
@@ -79,14 +90,13 @@ def soft_nms(boxes: Array, scores: Array, *, method: str = "gaussian", sigma: fl
     if n == 0:
         return _index_out(np.zeros(0, np.int64), boxes), _values_out(s[:0].astype(out_dtype),
                                                                      boxes)
-    if labels is None:
-        perm = np.arange(n, dtype=np.int64)
-        starts = np.array([0, n], dtype=np.int64)
-    else:
-        perm, starts = _kernels.group_by_label(_labels(labels, n))
+    from danlu.boxes import _soft_nms_kernels  # numba, imported on first use
+
+    perm, _, starts = _group_order(np.arange(n, dtype=np.int64),
+                                   None if labels is None else _labels(labels, n))
     bp = np.ascontiguousarray(b[perm])
-    _, decayed = _kernels.soft_nms_sorted(bp, s[perm], starts, method == "linear",
-                                          float(iou_threshold), float(sigma))
+    _, decayed = _soft_nms_kernels.soft_nms_sorted(bp, s[perm], starts, method == "linear",
+                                                   float(iou_threshold), float(sigma))
     alive = np.flatnonzero(decayed > score_threshold)
     idx = perm[alive]
     val = decayed[alive]
