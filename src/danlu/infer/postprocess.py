@@ -24,8 +24,8 @@ Example:
     >>> from danlu.structures import Detections
     >>> cand = Detections([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], [0, 0, 0],
     ...                   scores=[0.9, 0.8, 0.7])
-    >>> PostProcess("hard", iou_threshold=0.5)(cand).scores.tolist()
-    [0.8999999761581543, 0.699999988079071]
+    >>> PostProcess("hard", iou_threshold=0.5)(cand).xyxy.tolist()  # the second box overlaps
+    [[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]
 """
 
 from __future__ import annotations

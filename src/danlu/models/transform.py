@@ -21,7 +21,7 @@ Example:
     >>> det = t.boxes(Detections([[10, 10, 50, 30]], [0]), frame)
     >>> [round(v, 2) for v in det.xyxy[0].tolist()]
     [6.4, 6.4, 32.0, 19.2]
-    >>> t.back(det, frame).xyxy[0].tolist()
+    >>> [round(v, 4) for v in t.back(det, frame).xyxy[0].tolist()]
     [10.0, 10.0, 50.0, 30.0]
 """
 
