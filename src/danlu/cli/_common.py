@@ -2,25 +2,37 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, TypeVar
 
 import orjson
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 T = TypeVar("T")
 
+
+def _rich_console() -> Any:
+    """rich's stderr ``Console``, built on first use: a command that prints only JSON (or
+    plain lines to a pipe) does not import rich."""
+    if _Console.real is None:
+        from rich.console import Console
+
+        _Console.real = Console(stderr=True)
+    return _Console.real
+
+
+class _Console:
+    """Stands for :func:`_rich_console` until something is printed through it."""
+
+    real: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_rich_console(), name)
+
+
 # Human-facing text goes to stderr so that stdout carries only --json documents.
-console = Console(stderr=True)
+console: Any = _Console()
 _quiet = {"on": False}
 
 
@@ -35,9 +47,14 @@ def show_progress() -> bool:
 
 
 def info(message: str) -> None:
-    """Print an informational line on stderr unless quiet."""
-    if not _quiet["on"]:
+    """Print an informational line on stderr unless quiet (as it is when stderr is not a
+    terminal: no markup, no wrapping)."""
+    if _quiet["on"]:
+        return
+    if sys.stderr.isatty():
         console.print(message)
+    else:
+        sys.stderr.write(message + "\n")
 
 
 def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
@@ -45,15 +62,63 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     if not show_progress():
         yield from items
         return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
+    with Progress(*columns, console=_rich_console(), transient=True) as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item
             progress.advance(task)
+
+
+def prepare_numba() -> None:
+    """Load numba and its implementation registry now, without letting it import SciPy.
+
+    On its first compile or cache load numba imports ``numba.np.arraymath``, which imports
+    ``scipy.linalg`` (when SciPy is installed) only to learn whether BLAS is there: 0.3 s and
+    tens of MB that a command pays before its first kernel runs. danlu's kernels call no BLAS
+    (the answer changes only numba's ``np.convolve`` / ``np.correlate``, which then use a
+    plain loop), so the commands that run kernels hide SciPy's BLAS module for the length of
+    that one import. Nothing else in the process is affected: the module is found again
+    right after, and a process that has already loaded numba's registry or SciPy keeps it.
+
+    The registry is then loaded by a first (cached) call, here rather than inside a reader
+    thread, where it would only contend for the GIL with the main thread's work.
+    """
+    blas = "scipy.linalg.cython_blas"
+    if "numba.np.arraymath" not in sys.modules and "scipy.linalg" not in sys.modules:
+        import numba  # noqa: F401 - first, so that the import below runs as numba expects
+
+        sys.modules[blas] = None  # type: ignore[assignment] - "not importable", for the probe
+        try:
+            import numba.np.arraymath  # noqa: F401
+        finally:
+            if sys.modules.get(blas, 0) is None:
+                del sys.modules[blas]
+    _load_registry()
+
+
+@functools.cache
+def _load_registry() -> None:
+    """numba loads its registry on the first call of any kernel: a trivial one, once."""
+    import numba
+
+    numba.njit(cache=True)(_identity)(0)
+
+
+def _identity(x: int) -> int:
+    return x
 
 
 def print_json(document: Any) -> None:

@@ -60,7 +60,10 @@ def _bench(name: str | None = None, quick: bool = False, as_json: bool = False) 
     module = _load(module_name)
     common = _load("_common")
     rows = module.run(quick=quick)
-    if getattr(module, "METRICS", False):  # an accuracy comparison (MetricRow)
+    custom = getattr(module, "REPORT", None)  # a benchmark with its own table (e.g. cold)
+    if custom is not None:
+        custom(rows, as_json=as_json)
+    elif getattr(module, "METRICS", False):  # an accuracy comparison (MetricRow)
         common.report_metrics(getattr(module, "TITLE", name), rows, as_json=as_json)
     else:
         common.report(getattr(module, "TITLE", name), rows, as_json=as_json)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
 from danlu.cli._common import console, info, print_json, track
 
@@ -109,6 +108,8 @@ def register_stats(app: typer.Typer) -> None:
 
 
 def _print_table(st: dict) -> None:
+    from rich.table import Table
+
     t = Table(title=f"{st['num_images']} images, {st['num_boxes']} boxes, "
               f"{st['num_classes']} classes ({st.get('format')})")
     t.add_column("class")

@@ -6,9 +6,8 @@ import math
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from danlu.cli._common import console, info, print_json
+from danlu.cli._common import console, info, prepare_numba, print_json
 from danlu.errors import ConfigError
 
 _PROTOCOLS = ("coco", "voc07", "voc12", "dota", "dota-hbb")
@@ -51,8 +50,8 @@ def register(app: typer.Typer) -> None:
 
         Example: danlu eval --gt data/coco/instances_val.json --pred preds.json --json
         """
-        from danlu.data.io import load_dataset, load_predictions
-        from danlu.evaluate import evaluate
+        from danlu.data.io import load_with_predictions
+        from danlu.evaluate.api import evaluate
 
         if protocol not in _PROTOCOLS:
             raise ConfigError(f"unknown protocol {protocol!r}",
@@ -76,10 +75,11 @@ def register(app: typer.Typer) -> None:
                 options["match"] = match
             if protocol.startswith("dota"):
                 options["eleven_point"] = not all_point
-        info(f"reading ground truth {gt}")
-        gt_ds = load_dataset(gt, gt_format, check_images=report is not None)
-        info(f"reading predictions {pred}")
-        preds = load_predictions(pred, gt_ds, pred_format)
+        prepare_numba()  # the readers and the evaluation run numba kernels
+        info(f"reading ground truth {gt} and predictions {pred}")
+        gt_ds, preds = load_with_predictions(gt, pred, gt_format=gt_format,
+                                             pred_format=pred_format,
+                                             check_images=report is not None)
         result = evaluate(gt_ds, preds, protocol=protocol, **options)
         report_path = None
         if report is not None:
@@ -99,6 +99,8 @@ def register(app: typer.Typer) -> None:
 
 
 def _print_tables(result) -> None:  # noqa: ANN001 - an EvalResult
+    from rich.table import Table
+
     table = Table(title=f"danlu eval — {result.protocol}")
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -16,14 +16,22 @@ from __future__ import annotations
 
 import sys
 import types
+from importlib import import_module
 from typing import Any
 
 from danlu.evaluate.api import PROTOCOLS, evaluate
-from danlu.evaluate.coco import evaluate_coco
-from danlu.evaluate.confusion import ConfusionMatrix, confusion_matrix
-from danlu.evaluate.dota import evaluate_dota
 from danlu.evaluate.result import EvalResult
-from danlu.evaluate.voc import average_precision, evaluate_voc
+
+# name -> the module defining it, imported on first use: a COCO evaluation loads neither the
+# VOC / DOTA kernels nor danlu.boxes (and so torch), which the confusion matrix and DOTA need.
+_LAZY = {
+    "evaluate_coco": "danlu.evaluate.coco",
+    "evaluate_voc": "danlu.evaluate.voc",
+    "average_precision": "danlu.evaluate.voc",
+    "evaluate_dota": "danlu.evaluate.dota",
+    "confusion_matrix": "danlu.evaluate.confusion",
+    "ConfusionMatrix": "danlu.evaluate.confusion",
+}
 
 
 class _CallableModule(types.ModuleType):
@@ -33,6 +41,17 @@ class _CallableModule(types.ModuleType):
 
     def __call__(self, *args: Any, **kwargs: Any) -> EvalResult:
         return evaluate(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        value = getattr(import_module(module), name)
+        setattr(self, name, value)
+        return value
+
+    def __dir__(self) -> list[str]:
+        return sorted(set(super().__dir__()) | set(_LAZY))
 
 
 sys.modules[__name__].__class__ = _CallableModule

@@ -3,7 +3,7 @@ per-image :class:`~danlu.structures.Detections` into flat arrays with an image i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +18,16 @@ class Flat:
 
     image: np.ndarray  # [N] int64, index of the sample
     labels: np.ndarray  # [N] int64
-    xyxy: np.ndarray  # [N, 4] float64
+    xyxy: np.ndarray  # [N, 4] float64 (float32 from flatten(share=True))
     scores: np.ndarray | None  # [N] float64
     polygons: np.ndarray | None  # [N, 4, 2] float64 (None unless asked for)
     crowd: np.ndarray  # [N] bool
     ignore: np.ndarray  # [N] bool
     difficult: np.ndarray  # [N] bool
     area: np.ndarray | None  # [N] float64 from extra["area"], when every image has it
+    # [N, 4] float64 xywh from extra["coco_bbox"] (the numbers of a COCO file), when every
+    # image has it
+    coco_bbox: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -43,14 +46,16 @@ def align_predictions(gt: Dataset, predictions: Dataset | Sequence[Detections]) 
         ids = [s.id for s in gt.samples]
         by_id = {i: k for k, i in enumerate(ids)}
         if len(by_id) == n and None not in by_id:
-            out: list[Detections] = [Detections.empty(with_scores=True) for _ in range(n)]
+            found: list[Detections | None] = [None] * n
             for s in predictions.samples:
                 k = by_id.get(s.id)
                 if k is None:
                     raise ConfigError(f"predictions: image {s.id!r} is not in the ground truth",
                                       hint="predictions must use the ground truth's image ids")
-                out[k] = s.detections if len(out[k]) == 0 else Detections.concat(
-                    [out[k], s.detections])
+                d = found[k]
+                found[k] = s.detections if d is None or len(d) == 0 else Detections.concat(
+                    [d, s.detections])
+            out = [Detections.empty(with_scores=True) if d is None else d for d in found]
         elif len(predictions) == n:
             out = predictions.detections()
         else:
@@ -87,8 +92,13 @@ def _remap_labels(dets: list[Detections], src: list[str], dst: list[str]) -> lis
 
 
 def flatten(dets: Sequence[Detections], *, scores: bool = False,
-            polygons: bool = False) -> Flat:
-    """Concatenate per-image detections into :class:`Flat` arrays (float64 coordinates)."""
+            polygons: bool = False, share: bool = False) -> Flat:
+    """Concatenate per-image detections into :class:`Flat` arrays (float64 coordinates).
+
+    ``share=True`` is for callers that only read the arrays: where the per-image arrays are
+    consecutive pieces of one array (as a reader's are) the result is a view of it rather
+    than a copy, and ``xyxy`` keeps its float32.
+    """
     counts = np.fromiter((d.xyxy.shape[0] for d in dets), np.int64, len(dets))
     image = np.repeat(np.arange(len(dets), dtype=np.int64), counts)
     nonempty = [d for d in dets if d.xyxy.shape[0]]
@@ -98,26 +108,59 @@ def flatten(dets: Sequence[Detections], *, scores: bool = False,
         return Flat(image, np.zeros(0, np.int64), np.zeros((0, 4)),
                     np.zeros(0) if scores else None, np.zeros((0, 4, 2)) if polygons else None,
                     z, z, z, None)
-    xyxy = np.concatenate([d.xyxy for d in nonempty]).astype(np.float64)
-    labels = np.concatenate([d.labels for d in nonempty])
-    score = np.concatenate([d.scores for d in nonempty]).astype(np.float64) if scores else None
+    join = _join if share else np.concatenate
+    xyxy = join([d.xyxy for d in nonempty])
+    xyxy = xyxy if share else xyxy.astype(np.float64)
+    labels = join([d.labels for d in nonempty])
+    score = join([d.scores for d in nonempty]).astype(np.float64) if scores else None
     names = {k for d in nonempty for k in d.flags}
 
     def flag(name: str) -> np.ndarray:
         if name not in names:
             return np.zeros(total, bool)
-        return np.concatenate([d.flag(name) for d in nonempty])
+        return join([d.flag(name) for d in nonempty])
 
     polys = None
     if polygons:
         polys = np.concatenate([d.polygons if d.polygons is not None else _box_polygons(d.xyxy)
                                 for d in nonempty]).astype(np.float64)
-    area = None
-    if all("area" in d.extra for d in nonempty):
-        area = np.concatenate([d.extra["area"].reshape(-1) for d in nonempty]).astype(np.float64)
     return Flat(image=image, labels=labels, xyxy=xyxy, scores=score, polygons=polys,
                 crowd=flag("iscrowd"), ignore=flag("ignore"), difficult=flag("difficult"),
-                area=area)
+                area=_extra(nonempty, "area", (-1,), join),
+                coco_bbox=_extra(nonempty, "coco_bbox", (-1, 4), join))
+
+
+def _join(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate(parts)``, or a view without a copy when the parts are consecutive
+    pieces of one C-contiguous array (a reader's per-image slices of its columns)."""
+    base = parts[0].base
+    if not isinstance(base, np.ndarray) or not base.flags.c_contiguous or base.ndim == 0:
+        return np.concatenate(parts)
+    dtype, strides = base.dtype, base.strides
+    first = at = parts[0].__array_interface__["data"][0]
+    for p in parts:  # cheap tests first: this runs once per image
+        if p.base is not base or p.strides != strides or p.dtype is not dtype \
+                or p.__array_interface__["data"][0] != at:
+            return np.concatenate(parts)
+        at += p.nbytes
+    row = strides[0] if base.ndim > 1 else base.itemsize
+    start = (first - base.__array_interface__["data"][0]) // row
+    return base[start:start + (at - first) // row]
+
+
+def _extra(dets: Sequence[Detections], name: str, shape: tuple[int, ...],
+           join: Callable[[list[np.ndarray]], np.ndarray] = np.concatenate
+           ) -> np.ndarray | None:
+    """``extra[name]`` of every ``Detections`` joined as float64, or None when one lacks it
+    (or has it in another shape)."""
+    parts = []
+    for d in dets:
+        v = d.extra.get(name)
+        if v is None or v.size != len(d) * (1 if len(shape) == 1 else shape[1]):
+            return None
+        want = (len(d), *shape[1:])
+        parts.append(v if v.shape == want else v.reshape(want))
+    return join(parts).astype(np.float64, copy=False)
 
 
 def check_labels(flat: Flat, num_classes: int, gt: Dataset, what: str) -> None:

@@ -9,7 +9,10 @@ against hotcoco's ``evaluate`` + ``accumulate`` + ``summarize`` alone at COCO sc
 
 The conventions are pycocotools' ``COCOeval`` (``iouType="bbox"``):
 
-* images are the ground-truth samples (image id = sample index), categories are the labels;
+* images are the ground-truth samples, categories are the labels; the images are taken in
+  pycocotools' order, by increasing id when every sample id is a distinct integer (as read
+  from a COCO file; pycocotools sorts its image ids), else in sample order. The order decides
+  only between detections of equal score in different images;
 * boxes are seen as pycocotools sees them: ``xywh`` in float64 (``w = x2 - x1``), IoU by its
   ``bbIou`` arithmetic;
 * per image and class, detections in decreasing score order (ties keep the input order), only
@@ -76,12 +79,54 @@ def coco_columns(gt: Flat, dt: Flat) -> dict[str, np.ndarray]:
     """The arrays the kernel reads, as pycocotools would see the same boxes: ``xywh`` float64
     (``w = x2 - x1``), the ground truth's COCO ``area`` (``extra["area"]``, else ``w * h``),
     the detections' box area ``w * h``, and the ground truth ignored in every area range
-    (``ignore`` or ``difficult``)."""
-    gbox, gbox_area = xywh_and_area(gt.xyxy)
-    dbox, dbox_area = xywh_and_area(dt.xyxy)
+    (``ignore`` or ``difficult``).
+
+    Boxes read from a COCO file carry the file's float64 ``xywh`` (``extra["coco_bbox"]``);
+    while those still round to the float32 ``xyxy`` held beside them they are used as they
+    are, so that a file gives pycocotools' numbers exactly (``w = x2 - x1`` in float32 is not
+    the file's ``w``). Boxes moved or scaled since no longer match and fall back to ``xyxy``.
+    """
+    gbox, gbox_area = _boxes(gt)
+    dbox, dbox_area = _boxes(dt)
     garea = gbox_area if gt.area is None else np.ascontiguousarray(gt.area, np.float64)
     return {"g_box": gbox, "g_area": garea, "g_ignore": gt.ignore | gt.difficult,
             "d_box": dbox, "d_area": dbox_area}
+
+
+def _image_rank(gt: Dataset) -> np.ndarray | None:
+    """Each sample's place in pycocotools' image order (by increasing id) when the ids are
+    distinct integers and not already in that order, else None (sample order)."""
+    ids = [s.id for s in gt.samples]
+    if not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in ids):
+        return None
+    order = sorted(range(len(ids)), key=ids.__getitem__)
+    if order == list(range(len(ids))) or len(set(ids)) != len(ids):
+        return None
+    rank = np.empty(len(ids), np.int64)
+    rank[order] = np.arange(len(ids))
+    return rank
+
+
+def _boxes(flat: Flat) -> tuple[np.ndarray, np.ndarray]:
+    """``xywh`` float64 and its area ``w * h``: the file's boxes when they match ``xyxy``."""
+    b = flat.coco_bbox
+    if b is not None and _same_boxes(b, flat.xyxy):
+        b = np.ascontiguousarray(b)
+        return b, b[:, 2] * b[:, 3]
+    return xywh_and_area(flat.xyxy)
+
+
+def _same_boxes(xywh: np.ndarray, xyxy: np.ndarray) -> bool:
+    """True when ``xywh`` rounded as a reader rounds it (``x``, ``x + w`` to float32) gives
+    ``xyxy`` exactly."""
+    if xywh.shape != xyxy.shape:
+        return False
+    for k in range(2):  # column by column: no [N, 4] temporaries
+        if not (np.array_equal(xywh[:, k].astype(np.float32), xyxy[:, k])
+                and np.array_equal((xywh[:, k] + xywh[:, k + 2]).astype(np.float32),
+                                   xyxy[:, k + 2])):
+            return False
+    return True
 
 
 def summarize(precision: np.ndarray, recall: np.ndarray, iou_thresholds: np.ndarray,
@@ -146,12 +191,15 @@ def evaluate_coco(gt: Dataset, predictions: Dataset | Sequence[Detections], *,
         raise ConfigError("COCO evaluation needs IoU thresholds, max_dets and area ranges")
     num_classes = len(gt.class_names)
     preds = align_predictions(gt, predictions)
-    g = flatten(gt.detections())
-    d = flatten(preds, scores=True)
+    g = flatten(gt.detections(), share=True)
+    d = flatten(preds, scores=True, share=True)
     check_labels(g, num_classes, gt, "ground truth")
     check_labels(d, num_classes, gt, "predictions")
     c = coco_columns(g, d)
     area_rng = np.array([[float(lo), float(hi)] for lo, hi in ranges.values()], np.float64)
+    rank = _image_rank(gt)
+    if rank is not None:  # the images in pycocotools' order
+        g.image, d.image = rank[g.image], rank[d.image]
     precision, recall = coco_evaluate(
         g.image, g.labels, c["g_box"], c["g_area"], g.crowd, c["g_ignore"], d.image, d.labels,
         c["d_box"], c["d_area"], d.scores, num_classes, np.ascontiguousarray(thresholds),

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from danlu.boxes.iou import box_iou
 from danlu.evaluate._common import align_predictions, check_labels, flatten
 from danlu.structures import Dataset, Detections
 
@@ -68,6 +67,8 @@ def match_image(gt: Detections, pred: Detections, iou: float) -> tuple[np.ndarra
 
         ious = np.asarray(polygon_iou(gt.polygons, pred.polygons), np.float64)
     else:
+        from danlu.boxes.iou import box_iou  # here: danlu.boxes loads torch
+
         ious = np.asarray(box_iou(gt.xyxy.astype(np.float64), pred.xyxy.astype(np.float64)))
     gi, pi = np.nonzero(ious >= iou)
     scores = pred.scores if pred.scores is not None else np.zeros(len(pred))

@@ -37,9 +37,7 @@ from typing import Literal
 import numba
 import numpy as np
 
-from danlu.boxes.polygon import polygon_iou_pairs
 from danlu.errors import ConfigError
-from danlu.evaluate._coco_kernels import argsort_descending
 from danlu.evaluate._common import (
     Flat,
     _box_polygons,
@@ -48,6 +46,7 @@ from danlu.evaluate._common import (
     check_labels,
     flatten,
 )
+from danlu.evaluate._sorting import argsort_descending
 from danlu.evaluate.result import EvalResult
 from danlu.evaluate.voc import (
     Match,
@@ -103,6 +102,8 @@ def evaluate_dota(gt: Dataset, predictions: Dataset | Sequence[Detections], *,
     if match not in (">=", ">"):
         raise ConfigError(f"match must be '>=' or '>', not {match!r}")
     iou = check_iou_threshold(iou)
+    from danlu.boxes.polygon import polygon_iou_pairs  # here: danlu.boxes loads torch
+
     g_poly, d_poly = _polygons(gt_dets), _polygons(preds)
     g_box, d_box = _enclosing(g_poly), _enclosing(d_poly)
     # Flat arrays are in image order: the ground truth of image i is g_start[i]:g_start[i + 1].

@@ -3,10 +3,12 @@ assembling per-image arrays into samples, and placing image files in an output f
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import shutil
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
@@ -48,6 +50,19 @@ class ReadContext:
         if not self.skip_invalid:
             raise DatasetError(message, hint=hint)
         self.warnings.append(message)
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside: a reader makes many objects and no cycles, and
+    each collection Python starts meanwhile walks all of them (a tenth of a COCO read)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def safe_join(root: Path | str, relative: str, where: str) -> Path:
@@ -273,6 +288,26 @@ def assemble(raws: list[RawImage], class_names: list[str] | None, ctx: ReadConte
     return samples, list(class_names)
 
 
+def prediction_keys(sample: Sample, coco_id: int | None) -> Iterator[str]:
+    """The keys a prediction file may use for ``sample``, in the order they are tried: its
+    id, its file stem, its integer COCO id (computed only when asked for)."""
+    if sample.id is not None:
+        yield str(sample.id)
+    if isinstance(sample.image, (str, Path)):
+        yield file_stem(sample.image)
+    if coco_id is not None:
+        yield str(coco_id)
+
+
+def file_stem(image: str | Path) -> str:
+    """``Path(image).stem``, without building a ``Path`` for a plain string."""
+    if os.sep == "/" and isinstance(image, str) and image and not image.endswith("/"):
+        name = image.rpartition("/")[2]
+        dot = name.rfind(".")
+        return name[:dot] if 0 < dot < len(name) - 1 else name
+    return Path(image).stem
+
+
 # -- writing ------------------------------------------------------------------------------
 def fmt_num(v: float) -> str:
     """A coordinate as short text: integers without a point, else up to 4 decimals."""
@@ -339,7 +374,8 @@ def place_image(sample: Sample, dst: Path, mode: str) -> None:
         raise DatasetError(f"sample {sample.id!r}: unsupported image type {type(img).__name__}")
 
 
-__all__ = ["ReadContext", "RawImage", "assemble", "make_detections", "safe_join",
+__all__ = ["ReadContext", "RawImage", "assemble", "make_detections", "paused_gc",
+           "prediction_keys", "file_stem", "safe_join",
            "safe_join_str", "FileIndex", "box_problems",
            "fmt_num", "image_names", "place_image", "IMAGE_EXTENSIONS", "IMAGE_MODES",
            "no_progress", "Progress"]

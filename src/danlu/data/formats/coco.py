@@ -5,12 +5,14 @@ Layout read: a ``.json`` file, or a folder with ``annotations.json`` (danlu's la
 ``<split>/``). File names are relative to the image folder and must stay inside it.
 
 Conventions: COCO boxes are ``[x, y, width, height]`` in continuous pixels; danlu holds
-``xyxy = [x, y, x + width, y + height]``. Category ids may be any integers: labels index the
-categories sorted by id, and ``Dataset.meta["coco_category_ids"]`` keeps the ids (label i has
-id ``coco_category_ids[i]``); the writer writes them back. Image ids are kept as
-``Sample.id``. ``iscrowd`` is the flag ``iscrowd``; ``area`` is kept in
-``Detections.extra["area"]`` and written back (else the box area is written). Segmentation
-masks are not kept.
+``xyxy = [x, y, x + width, y + height]`` (float32) and keeps the file's numbers, float64, in
+``Detections.extra["coco_bbox"]``: the COCO evaluation uses them while they still match
+``xyxy`` (:func:`danlu.evaluate.coco.coco_columns`), so that it sees the boxes pycocotools
+sees in the same file. Category ids may be any integers: labels index the categories sorted
+by id, and ``Dataset.meta["coco_category_ids"]`` keeps the ids (label i has id
+``coco_category_ids[i]``); the writer writes them back. Image ids are kept as ``Sample.id``.
+``iscrowd`` is the flag ``iscrowd``; ``area`` is kept in ``Detections.extra["area"]``
+(float64) and written back (else the box area is written). Segmentation masks are not kept.
 
 A results file is a JSON list of ``{"image_id", "category_id", "bbox", "score"}``.
 
@@ -202,8 +204,11 @@ def read_coco(path: Path, ctx: ReadContext, *, image_root: Path | None = None) -
         if len(bad) or negative.any():
             ok = False
     if not ok:
-        row_of, labels, xyxy, crowd, area = _slow_annotations(
+        row_of, labels, bbox, crowd, area = _slow_annotations(
             anns, src, id_to_row, cat_to_label, wh_rows, ctx)
+        xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+    kept = {f"coco_{key}": doc[key] for key in ("info", "licenses") if key in doc}
+    del doc, images, anns  # the parsed JSON, before the samples take its memory's place
     crowd_b = crowd.astype(bool)
     missing = np.isnan(area)
     if missing.any():  # no "area": the box area
@@ -214,18 +219,18 @@ def read_coco(path: Path, ctx: ReadContext, *, image_root: Path | None = None) -
     xyxy_o = np.ascontiguousarray(xyxy[order], np.float32)
     labels_o = np.ascontiguousarray(labels[order], np.int64)
     crowd_o = np.ascontiguousarray(crowd_b[order])
-    area_o = np.ascontiguousarray(area[order], np.float32)
+    area_o = np.ascontiguousarray(area[order], np.float64)
+    bbox_o = np.ascontiguousarray(bbox[order], np.float64)
     samples = [
         Sample(p, w, h, make_detections(xyxy_o[a:b], labels_o[a:b],
                                         flags={"iscrowd": crowd_o[a:b]},
-                                        extra={"area": area_o[a:b]}), id=img_id)
+                                        extra={"area": area_o[a:b], "coco_bbox": bbox_o[a:b]}),
+               id=img_id)
         for (img_id, p, w, h), a, b in zip(rows, starts[:-1], starts[1:], strict=True)
     ]
     meta: dict[str, Any] = {"format": "coco", "coco_category_ids": (
         [cat_ids[names_by_id.index(c)] if c in names_by_id else None for c in class_names])}
-    for key in ("info", "licenses"):
-        if key in doc:
-            meta[f"coco_{key}"] = doc[key]
+    meta.update(kept)
     return Dataset(samples, class_names, meta)
 
 
@@ -318,7 +323,7 @@ def _slow_annotations(anns: list, src: str, id_to_row: dict, cat_to_label: dict,
             continue
         rows.append(r)
         labels.append(cat_to_label[a["category_id"]])
-        boxes.append([x, y, x + w, y + h])
+        boxes.append([x, y, w, h])
         crowd.append(int(c))
         area.append(w * h if ar is None else float(ar))
     return (np.asarray(rows, np.int64), np.asarray(labels, np.int64),
@@ -443,32 +448,5 @@ def to_results_list(preds: Dataset) -> list[dict[str, Any]]:
     return out
 
 
-def parse_results(doc: Any, src: str, ctx: ReadContext) -> list[tuple[Any, int, list, float]]:
-    """Check a COCO results list: ``(image_id, category_id, [x, y, w, h], score)`` each."""
-    if not isinstance(doc, list):
-        raise DatasetError(f"{src}: expected a JSON list of results, got {type(doc).__name__}")
-    out = []
-    for i, r in enumerate(doc):
-        loc = f"{src}: [{i}]"
-        if not isinstance(r, dict):
-            ctx.fail(f"{loc}: expected an object")
-            continue
-        b, sc = r.get("bbox"), r.get("score", 1.0)
-        if not _hashable(r.get("image_id")) or not isinstance(r.get("category_id"), int):
-            ctx.fail(f"{loc}: expected image_id and an integer category_id")
-            continue
-        if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)):
-            ctx.fail(f"{loc}.bbox: expected 4 numbers (x, y, width, height), got {b!r}"[:300])
-            continue
-        if b[2] < 0 or b[3] < 0:
-            ctx.fail(f"{loc}.bbox: negative width or height {b!r}")
-            continue
-        if not _is_num(sc):
-            ctx.fail(f"{loc}.score: expected a number, got {sc!r}")
-            continue
-        out.append((r["image_id"], r["category_id"], b, float(sc)))
-    return out
-
-
 __all__ = ["read_coco", "write_coco", "is_coco", "to_coco_dict", "coco_json_bytes",
-           "to_results_list", "parse_results", "category_ids", "image_ids", "load_json"]
+           "to_results_list", "category_ids", "image_ids", "load_json"]

@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import html
 import os
 import re
 from operator import itemgetter
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 from xml.parsers import expat
 from xml.parsers.expat import ExpatError
-from xml.sax.saxutils import escape
 
 import numpy as np
 from defusedxml import DefusedXmlException
@@ -64,6 +64,12 @@ _LEAF = re.compile(rb"<(\w+)>([^<]*)</\1>")
 _SLOW_RE = re.compile(rb"<!--|<!\[CDATA\[|&|<!DOCTYPE|<\?xml-stylesheet|<part\b")
 _UTF8_RE = re.compile(rb"encoding\s*=\s*[\"'](utf-?8|us-ascii|ascii)[\"']", re.I)
 _REQUIRED = {b"name", b"xmin", b"ymin", b"xmax", b"ymax"}
+
+
+def _escape(text: str) -> str:
+    """``&``, ``<`` and ``>`` as XML entities (what ``xml.sax.saxutils.escape`` does; that
+    module imports ``urllib.request``, a cost every VOC read would pay)."""
+    return html.escape(text, quote=False)
 
 
 def is_voc(path: Path) -> bool:
@@ -321,14 +327,14 @@ def _read_text(path: Path) -> str:
 def _xml(sample: Sample, filename: str, class_names: list[str]) -> str:
     det = sample.detections
     out = ["<annotation>\n\t<folder>JPEGImages</folder>\n",
-           f"\t<filename>{escape(filename)}</filename>\n",
+           f"\t<filename>{_escape(filename)}</filename>\n",
            f"\t<size>\n\t\t<width>{int(sample.width)}</width>\n"
            f"\t\t<height>{int(sample.height)}</height>\n\t\t<depth>3</depth>\n\t</size>\n",
            "\t<segmented>0</segmented>\n"]
     flags = {k: det.flag(k) for k in (*FLAGS, "occluded") if k in det.flags or k in FLAGS}
     for i in range(len(det)):
         x1, y1, x2, y2 = det.xyxy[i].tolist()
-        name = escape(class_names[int(det.labels[i])])
+        name = _escape(class_names[int(det.labels[i])])
         flag_xml = "".join(f"\t\t<{k}>{int(v[i])}</{k}>\n" for k, v in flags.items())
         out.append(f"\t<object>\n\t\t<name>{name}</name>\n\t\t<pose>Unspecified</pose>\n"
                    f"{flag_xml}\t\t<bndbox><xmin>{fmt_num(x1 + 1)}</xmin>"
