@@ -19,17 +19,18 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_dataset": "danlu.data.io",
     "save_dataset": "danlu.data.io",
-    "evaluate": "danlu.evaluate.api",
     "Predictor": "danlu.infer.predictor",
 }
 
 
-# danlu.train is a room and a function: import the (light) room package first, which binds
-# the name to it, then bind the function over it (see danlu._entry).
-import danlu.train  # noqa: E402, F401  (the import itself is the point)
+# danlu.train and danlu.evaluate are rooms and functions: import the (light) room packages
+# first, which binds the names to them, then bind the functions over them (danlu._entry).
+import danlu.evaluate  # noqa: E402, F401  (the imports themselves are the point)
+import danlu.train  # noqa: E402, F401
 from danlu._entry import RoomFunction  # noqa: E402
 
 train = RoomFunction("danlu.train", "danlu.train.api", "train")
+evaluate = RoomFunction("danlu.evaluate", "danlu.evaluate.api", "evaluate")
 
 
 def __getattr__(name: str) -> Any:

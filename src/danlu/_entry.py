@@ -1,10 +1,11 @@
 """A room's main function bound at the package root under the room's own name.
 
-``danlu.train(...)`` trains and ``danlu.train`` is also the room ``danlu/train/``; Python binds
-``danlu.train`` to the subpackage the first time it is imported, so the package root imports
-the room first and then binds a :class:`RoomFunction` over it: calling it calls the function,
-any other attribute is the room's (``danlu.train.TrainConfig``), and ``from danlu.train import
-X`` reads the package itself from ``sys.modules``. No module changes its class.
+``danlu.train(...)`` trains and ``danlu.train`` is also the room ``danlu/train/`` (likewise
+``danlu.evaluate``). Python binds ``danlu.train`` to the subpackage the first time it is
+imported, so the package root imports the room first and then binds a :class:`RoomFunction`
+over it: calling it calls the function, any other attribute is the room's
+(``danlu.train.TrainConfig``), and ``from danlu.train import X`` reads the package itself from
+``sys.modules``. No module changes its class.
 
 Example:
     >>> import danlu

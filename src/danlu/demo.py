@@ -118,7 +118,7 @@ def run_demo(out: str | Path, *, num_images: int = 1000, epochs: int = 15,
 
 
 def _write_report(out: Path, ev: Any, doc: dict[str, Any], pictures: list[str]) -> None:
-    from danlu.train.report import write_html_report
+    from danlu.evaluate.page import write_html_report
 
     t = doc["time_s"]
     summary = (f"<p>Held-out test split: {doc['images']} images, {doc['boxes']} boxes. "

@@ -284,8 +284,9 @@ class Detections:
 
 def polygons_to_enclosing_xyxy(polygons: np.ndarray) -> np.ndarray:
     """``[N, 4, 2]`` polygons -> ``[N, 4]`` enclosing xyxy boxes (same dtype)."""
-    polygons = np.asarray(polygons).reshape(-1, 4, 2)
-    return np.concatenate([polygons.min(axis=1), polygons.max(axis=1)], axis=1)
+    from danlu.boxes.convert import polygon_to_xyxy
+
+    return polygon_to_xyxy(np.asarray(polygons).reshape(-1, 4, 2))
 
 
 def compare_detections(a: Detections, b: Detections, *, atol: float = 1e-4) -> str | None:

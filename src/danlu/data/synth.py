@@ -225,15 +225,10 @@ def _overlap(box: np.ndarray, boxes: list[np.ndarray]) -> float:
     """Max over ``boxes`` of max(IoU, intersection / smaller area) with ``box``."""
     if not boxes:
         return 0.0
-    b = np.asarray(boxes, np.float64)
-    iw = np.clip(np.minimum(b[:, 2], box[2]) - np.maximum(b[:, 0], box[0]), 0, None)
-    ih = np.clip(np.minimum(b[:, 3], box[3]) - np.maximum(b[:, 1], box[1]), 0, None)
-    inter = iw * ih
-    a1 = (box[2] - box[0]) * (box[3] - box[1])
-    a2 = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-    iou = inter / (a1 + a2 - inter)
-    ios = inter / np.minimum(a1, a2)
-    return float(np.max(np.maximum(iou, ios)))
+    from danlu.boxes.iou import box_ios, box_iou
+
+    one, b = np.asarray(box, np.float64)[None], np.asarray(boxes, np.float64)
+    return float(np.max(np.maximum(box_iou(one, b), box_ios(one, b))))
 
 
 # -- the generator ----------------------------------------------------------------------------

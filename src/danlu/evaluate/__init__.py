@@ -14,8 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import sys
-import types
 from importlib import import_module
 from typing import Any
 
@@ -34,27 +32,18 @@ _LAZY = {
 }
 
 
-class _CallableModule(types.ModuleType):
-    """``danlu.evaluate`` is both this package and, at the package root, the function
-    :func:`danlu.evaluate.api.evaluate`: importing the package binds the name ``evaluate`` on
-    ``danlu`` to the package, so the package forwards calls to the function."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> EvalResult:
-        return evaluate(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        module = _LAZY.get(name)
-        if module is None:
-            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
-        value = getattr(import_module(module), name)
-        setattr(self, name, value)
-        return value
-
-    def __dir__(self) -> list[str]:
-        return sorted(set(super().__dir__()) | set(_LAZY))
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-sys.modules[__name__].__class__ = _CallableModule
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = ["evaluate", "EvalResult", "PROTOCOLS", "evaluate_coco", "evaluate_voc",
            "evaluate_dota", "average_precision", "confusion_matrix", "ConfusionMatrix"]

@@ -176,9 +176,9 @@ def check_labels(flat: Flat, num_classes: int, gt: Dataset, what: str) -> None:
 
 def _box_polygons(xyxy: np.ndarray) -> np.ndarray:
     """``[N, 4]`` xyxy -> ``[N, 4, 2]`` corner polygons in DOTA order (x1y1, x2y1, x2y2, x1y2)."""
-    x1, y1, x2, y2 = xyxy[:, 0], xyxy[:, 1], xyxy[:, 2], xyxy[:, 3]
-    return np.stack([np.stack([x1, y1], 1), np.stack([x2, y1], 1),
-                     np.stack([x2, y2], 1), np.stack([x1, y2], 1)], 1)
+    from danlu.boxes.convert import xyxy_to_polygon
+
+    return xyxy_to_polygon(np.asarray(xyxy).reshape(-1, 4))
 
 
 def check_iou_threshold(iou: float) -> float:

@@ -1,5 +1,6 @@
 """Readable evaluation reports: per-class AP table, PR-curve and confusion-matrix PNGs, and one
-self-contained HTML page with a gallery of the images with the most errors.
+self-contained HTML page (:mod:`danlu.evaluate.page`, written atomically like every file here)
+with a gallery of the images with the most errors.
 
 Plots use matplotlib's Agg backend (no display needed). The HTML embeds every image as a data
 URI, so the one file can be mailed or archived.
@@ -25,8 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from danlu.data._atomic import atomic_open, write_bytes_atomic
 from danlu.evaluate._common import align_predictions
 from danlu.evaluate.confusion import ConfusionMatrix, confusion_matrix
+from danlu.evaluate.page import write_html_page
 from danlu.evaluate.result import EvalResult
 from danlu.structures import Dataset, Detections, Sample
 
@@ -106,7 +109,8 @@ def plot_pr_curves(result: EvalResult, path: str | Path, *, max_classes: int = 4
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path
 
@@ -150,7 +154,8 @@ def plot_confusion_matrix(cm: ConfusionMatrix, path: str | Path, *,
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
     return path
 
@@ -210,7 +215,7 @@ def write_report(result: EvalResult, gt: Dataset, predictions: Dataset | Sequenc
     cm = confusion_matrix(gt, preds, iou=iou, score=score)
     doc = result.to_dict(curves=True)
     doc["confusion_matrix"] = cm.to_dict()
-    (out / "metrics.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+    write_bytes_atomic(out / "metrics.json", orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
     pr_png = plot_pr_curves(result, out / "pr_curves.png")
     cm_png = plot_confusion_matrix(cm, out / "confusion_matrix.png")
 
@@ -227,26 +232,13 @@ def write_report(result: EvalResult, gt: Dataset, predictions: Dataset | Sequenc
         sample = gt.samples[i]
         panel = draw_error_panel(sample, preds[i], gt.class_names, score=score)
         png = gallery_dir / f"{n:02d}_{'fp' if kind.startswith('false p') else 'fn'}.png"
-        Image.fromarray(panel).save(png)
+        with atomic_open(png, "wb") as f:
+            Image.fromarray(panel).save(f, format="PNG")
         tiles.append((kind, sample, int(cm.false_positives[i]), int(cm.false_negatives[i]),
                       png))
 
-    html_path = out / "report.html"
-    html_path.write_text(_html(result, cm, pr_png, cm_png, tiles, iou, score), encoding="utf-8")
-    return html_path
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
-color:#222;padding:0 1rem}
-h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.9rem}td,th{padding:.25rem .7rem;text-align:right}
-th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
-tr:nth-child(even) td{background:#fafafa}.bar{display:inline-block;height:.7rem;
-background:#4a7fc1;vertical-align:middle}img{max-width:100%}
-.tile{margin:1rem 0}.tile p{margin:.2rem 0;color:#555;font-size:.9rem}
-.metrics td{font-variant-numeric:tabular-nums}
-"""
+    return write_html_page(out / "report.html", f"danlu evaluation: {result.protocol}",
+                           _html(result, cm, pr_png, cm_png, tiles, iou, score))
 
 
 def _fmt(v: float) -> str:
@@ -274,10 +266,7 @@ def _html(result: EvalResult, cm: ConfusionMatrix, pr_png: Path, cm_png: Path,
                        f"(left: ground truth, right: predictions with score &ge; {score:g})</p>"
                        f"<img src='{_png_data_uri(png)}' alt='{e(str(sample.id))}'></div>")
     params = e(", ".join(f"{k}={v}" for k, v in result.params.items()))
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>danlu evaluation: {e(result.protocol)}</title>
-<style>{_CSS}</style></head><body>
-<h1>Evaluation — {e(result.protocol)}: {e(key)} = {_fmt(value)}</h1>
+    return f"""<h1>Evaluation — {e(result.protocol)}: {e(key)} = {_fmt(value)}</h1>
 <p>{len(result.class_names)} classes, {sum(result.num_gt.values())} counted ground-truth boxes.
 Parameters: {params}.</p>
 <h2>Metrics</h2><table class="metrics"><tr><th>metric</th><th>value</th></tr>{metric_rows}</table>
@@ -288,9 +277,7 @@ Parameters: {params}.</p>
 <p>Predictions with score &ge; {score:g} matched to ground truth at IoU &ge; {iou:g} across classes.
 </p><img src="{_png_data_uri(cm_png)}" alt="confusion matrix">
 <h2>Images with the most errors</h2>
-{''.join(gallery) if gallery else '<p>No false positives or false negatives.</p>'}
-</body></html>
-"""
+{''.join(gallery) if gallery else '<p>No false positives or false negatives.</p>'}"""
 
 
 __all__ = ["write_report", "plot_pr_curves", "plot_confusion_matrix", "per_class_rows",

@@ -8,7 +8,6 @@ Example:
 
 from __future__ import annotations
 
-import html
 import math
 from pathlib import Path
 from typing import Any
@@ -80,44 +79,4 @@ def write_evaluation(checkpoint: str | Path, gt: Dataset, out_dir: str | Path, *
     return result
 
 
-def metrics_table(result: Any) -> str:
-    """An HTML table of the named metrics and per-class AP."""
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(v)}</td></tr>"
-                   for k, v in result.metrics.items())
-    per = "".join(f"<tr><td>{html.escape(k)}</td><td>{_num(v)}</td>"
-                  f"<td>{result.num_gt.get(k, '')}</td></tr>"
-                  for k, v in result.per_class.items())
-    return (f"<table><tr><th>metric</th><th>value</th></tr>{rows}</table>"
-            f"<table><tr><th>class</th><th>AP</th><th>ground truth</th></tr>{per}</table>")
-
-
-def _num(v: Any) -> str:
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
-
-
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 2em 1em 0;display:inline-table;"
-        "vertical-align:top}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
-        "img{max-width:100%;margin:0.5em 0}.grid img{width:32%;margin:0.3%}")
-
-
-def write_html_report(path: str | Path, title: str, result: Any | None = None, *,
-                      images: list[str] = (), sections: list[tuple[str, str]] = ()) -> Path:
-    """A self-contained HTML page (images are linked relative to ``path``)."""
-    from danlu.data._atomic import write_text_atomic
-
-    body = [f"<h1>{html.escape(title)}</h1>"]
-    if result is not None:
-        body.append(metrics_table(result))
-    body += [f'<div><img src="{html.escape(im)}" alt="{html.escape(im)}"></div>'
-             for im in images]
-    for heading, content in sections:
-        body.append(f"<h2>{html.escape(heading)}</h2>{content}")
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
-            f"</title><style>{_CSS}</style></head><body>{''.join(body)}</body></html>")
-    write_text_atomic(path, page)
-    return Path(path)
-
-
-__all__ = ["pyplot", "save_figure", "plot_per_class_ap", "write_evaluation",
-           "write_html_report", "metrics_table"]
+__all__ = ["pyplot", "save_figure", "plot_per_class_ap", "write_evaluation"]

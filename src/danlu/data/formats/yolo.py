@@ -178,14 +178,17 @@ def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage) -> Non
         k = int(np.flatnonzero((cls != np.round(cls)) | (np.abs(cls) > 2**31))[0])
         raise DatasetError(f"{path}: {_line_of(raw, k)}: expected an integer class index, "
                            f"got {cls[k]!r}")
-    c = arr[:, 1:3] * (w, h)
-    half = arr[:, 3:5] * (w / 2, h / 2)
     neg = np.flatnonzero((arr[:, 3] < 0) | (arr[:, 4] < 0))
     if len(neg):
         k = int(neg[0])
         raise DatasetError(f"{path}: {_line_of(raw, k)}: negative box width or height "
                            f"({arr[k, 3]:g}, {arr[k, 4]:g})")
-    raw.boxes = np.concatenate([c - half, c + half], axis=1)
+    from danlu.boxes.convert import from_yolo
+
+    if w <= 0 or h <= 0:
+        raise DatasetError(f"{path}: the image has no size ({w} x {h}), so its normalized boxes "
+                           "cannot be placed")
+    raw.boxes = from_yolo(arr[:, 1:5], w, h)
     raw.names = cls.astype(np.int64)
     if ncol == 6:
         raw.scores = arr[:, 5].astype(np.float32)
@@ -318,12 +321,13 @@ def _label_text(sample: Sample) -> str:
     if not len(d):
         return ""
     w, h = float(sample.width), float(sample.height)
-    xy = d.xyxy.astype(np.float64)
-    c = (xy[:, :2] + xy[:, 2:]) / 2 / (w, h)
-    s = (xy[:, 2:] - xy[:, :2]) / (w, h)
+    from danlu.boxes.convert import to_yolo
+
+    if w <= 0 or h <= 0:
+        raise DatasetError(f"{sample.image}: YOLO labels need the image size, got {w:g} x {h:g}",
+                           hint="read the dataset with its images so their sizes are known")
+    cx, cy, bw, bh = to_yolo(d.xyxy.astype(np.float64), w, h).T.tolist()
     labels = d.labels.tolist()
-    cx, cy = c[:, 0].tolist(), c[:, 1].tolist()
-    bw, bh = s[:, 0].tolist(), s[:, 1].tolist()
     if d.scores is None:
         return "".join(f"{labels[i]} {cx[i]:.6f} {cy[i]:.6f} {bw[i]:.6f} {bh[i]:.6f}\n"
                        for i in range(len(d)))
