@@ -16,7 +16,7 @@ from danlu.models.checkpoint import load_checkpoint
 from danlu.structures import Dataset, Detections, Sample
 from danlu.train.callbacks import Callback, EarlyStopping, state_keys
 from danlu.train.config import TrainConfig
-from danlu.train.results import read_results
+from danlu.train.results import read_results, split_columns
 from danlu.train.trainer import Trainer
 from danlu.train.validation import BestRule, protocol_for
 
@@ -55,6 +55,8 @@ def test_a_dota_dataset_trains_and_validates_with_the_dota_protocol(tmp_path):
     assert metrics["protocol"] == "dota" and "mAP" in result.metrics
     rows = read_results(out / "results.csv")
     assert "mAP" in rows[0] and "AP" not in rows[0]
+    losses, metrics = split_columns(list(rows[0]))  # loss.png plots mAP as a metric
+    assert metrics == ["mAP"] and "loss" in losses and "mAP" not in losses
     best = [e for e in map(orjson.loads, (out / "history.jsonl").read_bytes().splitlines())
             if e["event"] == "best"]
     assert best and best[0]["metric"] == "mAP"

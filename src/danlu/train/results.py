@@ -24,6 +24,23 @@ from typing import Any
 
 from danlu.train.report import pyplot, save_figure
 
+#: validation columns (plotted as metrics, not losses): COCO's twelve numbers and VOC/DOTA's mAP
+METRIC_COLUMNS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs",
+                  "ARm", "ARl", "mAP")
+
+
+def split_columns(header: list[str]) -> tuple[list[str], list[str]]:
+    """``(loss columns, validation-metric columns)`` of a ``results.csv`` header.
+
+    Example:
+        >>> split_columns(["epoch", "loss", "cls", "lr", "mAP", "epoch_time", "val_time"])
+        (['loss', 'cls'], ['mAP'])
+    """
+    metrics = [k for k in header if k in METRIC_COLUMNS]
+    losses = [k for k in header if k not in ("epoch", "lr", "epoch_time", "elapsed")
+              and k not in METRIC_COLUMNS and not k.startswith("val")]
+    return losses, metrics
+
 
 def read_results(path: str | Path) -> list[dict[str, str]]:
     """The rows of a ``results.csv`` (empty when absent)."""
@@ -77,8 +94,7 @@ def plot_losses(results_csv: str | Path, out: str | Path) -> Path | None:
     def col(name: str) -> list[float]:
         return [float(r[name]) if r.get(name) not in (None, "") else math.nan for r in rows]
 
-    loss_names = [k for k in rows[0] if k == "loss" or (k not in (
-        "epoch", "lr", "AP", "AP50", "epoch_time", "elapsed") and not k.startswith("val"))]
+    loss_names, metric_names = split_columns(list(rows[0]))
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     for k in loss_names:
         a.plot(epochs, col(k), marker="o", ms=3, label=k, lw=2 if k == "loss" else 1)
@@ -86,9 +102,8 @@ def plot_losses(results_csv: str | Path, out: str | Path) -> Path | None:
     a.set_ylabel("training loss")
     a.legend(fontsize=8)
     a.grid(alpha=0.3)
-    for k in ("AP50", "AP"):
-        if k in rows[0]:
-            b.plot(epochs, col(k), marker="o", ms=3, label=f"val {k}")
+    for k in metric_names:
+        b.plot(epochs, col(k), marker="o", ms=3, label=f"val {k}")
     b.set_xlabel("epoch")
     b.set_ylim(0, 1)
     b.legend(fontsize=8)
@@ -97,4 +112,5 @@ def plot_losses(results_csv: str | Path, out: str | Path) -> Path | None:
     return Path(out)
 
 
-__all__ = ["read_results", "write_results", "append_result", "keep_epochs", "plot_losses"]
+__all__ = ["METRIC_COLUMNS", "read_results", "write_results", "append_result", "keep_epochs",
+           "plot_losses", "split_columns"]
