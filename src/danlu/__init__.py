@@ -7,9 +7,6 @@ room (``danlu.boxes``, ``danlu.data``, ``danlu.evaluate`` ...). Heavy rooms load
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
 from danlu.errors import ConfigError, DanluError, DatasetError, ModelError, ServeError
 from danlu.structures import Dataset, Detections, Sample
 
@@ -27,17 +24,13 @@ _LAZY = {
 # first, which binds the names to them, then bind the functions over them (danlu._entry).
 import danlu.evaluate  # noqa: E402, F401  (the imports themselves are the point)
 import danlu.train  # noqa: E402, F401
-from danlu._entry import RoomFunction  # noqa: E402
+from danlu._entry import RoomFunction, lazy_attributes  # noqa: E402
 
 train = RoomFunction("danlu.train", "danlu.train.api", "train")
 evaluate = RoomFunction("danlu.evaluate", "danlu.evaluate.api", "evaluate")
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'danlu' has no attribute {name!r}")
-    return getattr(import_module(module), name)
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 
 __all__ = [

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from importlib import import_module
 from typing import Any
 
@@ -53,4 +55,26 @@ class RoomFunction:
         return f"<function {self._module}.{self._function} (and the room {self._room})>"
 
 
-__all__ = ["RoomFunction"]
+def lazy_attributes(module: str, table: dict[str, str]) -> Callable[[str], Any]:
+    """A module-level ``__getattr__`` for ``module``: ``name`` is read from the module
+    ``table[name]`` on first use (and kept in ``module``'s namespace), so a package can export
+    names without importing what defines them.
+
+    Example:
+        >>> get = lazy_attributes("danlu", {"loads": "json"})
+        >>> get("loads").__module__
+        'json'
+    """
+
+    def __getattr__(name: str) -> Any:
+        source = table.get(name)
+        if source is None:
+            raise AttributeError(f"module {module!r} has no attribute {name!r}")
+        value = getattr(import_module(source), name)
+        setattr(sys.modules[module], name, value)
+        return value
+
+    return __getattr__
+
+
+__all__ = ["RoomFunction", "lazy_attributes"]

@@ -10,9 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import Any
-
+from danlu._entry import lazy_attributes
 from danlu.train.config import TrainConfig
 
 _LAZY = {
@@ -25,11 +23,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'danlu.train' has no attribute {name!r}")
-    return getattr(import_module(module), name)
-
+__getattr__ = lazy_attributes(__name__, _LAZY)
 
 __all__ = ["TrainConfig", *_LAZY]
