@@ -25,6 +25,7 @@ size (smoke test).
 
 from __future__ import annotations
 
+import importlib
 import warnings
 
 import numpy as np
@@ -56,6 +57,9 @@ def _same_keep(ours: torch.Tensor, peer: torch.Tensor, scores: torch.Tensor) -> 
 
 
 def _hard_rows(quick: bool) -> list[Row]:
+    # a warm process: the kernel loaded (a fresh process's first small call takes the numpy
+    # sweep instead; `danlu bench cold` measures that)
+    importlib.import_module("danlu.boxes.nms")._kernels()
     rows = []
     sizes = [200, 1000] if quick else [1000, 10_000, 100_000]
     for n in sizes:

@@ -233,10 +233,23 @@ def test_small_inputs_take_the_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(nms_module, "_kernels", no_kernel)
     # a fresh process: the kernel module is not loaded yet (once it is, it serves every size)
     monkeypatch.delitem(sys.modules, "danlu.boxes._nms_kernels", raising=False)
+    monkeypatch.setattr(nms_module, "_sweep_calls", [0])
     np.testing.assert_array_equal(batched_nms(b, s, lab, 0.5), expected)
     np.testing.assert_array_equal(nms(b, s, 0.5), tv_nms(b, s, 0.5))
     with pytest.raises(AssertionError, match="kernel"):
         nms(b, s, -0.5)  # a negative threshold is the kernel's
+
+
+def test_a_process_that_keeps_calling_loads_the_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
+    b, s = random_boxes(300, seed=6)
+    monkeypatch.delitem(sys.modules, "danlu.boxes._nms_kernels", raising=False)
+    monkeypatch.setattr(nms_module, "_sweep_calls", [0])
+    used = []
+    real = _nms_sweep.nms_keep
+    monkeypatch.setattr(_nms_sweep, "nms_keep", lambda *a: used.append(1) or real(*a))
+    for _ in range(nms_module.SWEEP_CALLS + 3):
+        np.testing.assert_array_equal(nms(b, s, 0.5), tv_nms(b, s, 0.5))
+    assert len(used) == nms_module.SWEEP_CALLS  # then the kernel took over
 
 
 def test_a_loaded_kernel_serves_small_inputs(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,8 +20,10 @@ NaN scores rank above every number, as in ``torch.sort``.
 The CPU engine is a numba kernel with a uniform-grid spatial index (see ``_grid``): exact, and
 close to linear in the number of boxes for realistic layouts, where torchvision's loop is
 quadratic. Up to a few thousand boxes, ``nms`` and ``batched_nms`` run a pure-numpy sweep
-instead (``_nms_sweep``, same result): the first numba call in a process costs hundreds of
-milliseconds even with its compiled code cached on disk, the sweep about a millisecond. CUDA
+instead (``_nms_sweep``, same result) until the process has loaded the kernel (a larger call,
+or ``SWEEP_CALLS`` small calls): the first numba call in a process costs hundreds of
+milliseconds even with its compiled code cached on disk, the sweep about a millisecond, and
+once loaded the kernel is the faster at every size. CUDA
 tensors are handed to torchvision's CUDA kernel for ``nms``/``batched_nms``
 (same ``>`` rule; its tie order is its own); ``iou_guided_nms`` and ``polygon_nms`` run on the
 CPU and move the result back.
@@ -67,13 +69,21 @@ def _on_cuda(*xs: Any) -> bool:
     return any(_is_tensor(x) and x.is_cuda for x in xs)
 
 
+#: small calls served by the numpy sweep before a process loads the numba kernel
+SWEEP_CALLS = 16
+_sweep_calls = [0]  # per process, like numba's own loaded-kernel state
+
+
 def _keep(boxes: np.ndarray, order: np.ndarray, labels: np.ndarray | None,
           iou_threshold: float) -> np.ndarray:
     """Kept indices of hard NMS, by decreasing rank: the numpy sweep when it applies."""
     thr = float(iou_threshold)
     # the sweep spares a fresh process numba's start-up; once this process has loaded the
-    # kernel (an earlier large call), the kernel is the faster of the two at every size
-    if order.shape[0] <= _nms_sweep.MAX_BOXES and "danlu.boxes._nms_kernels" not in sys.modules:
+    # kernel (a large call, or SWEEP_CALLS small ones: a process that keeps calling), the
+    # kernel is the faster of the two at every size
+    if (order.shape[0] <= _nms_sweep.MAX_BOXES and _sweep_calls[0] < SWEEP_CALLS
+            and "danlu.boxes._nms_kernels" not in sys.modules):
+        _sweep_calls[0] += 1
         b = np.ascontiguousarray(boxes[order])
         kept = _nms_sweep.nms_keep(b, None if labels is None else labels[order], thr)
         if kept is not None:
