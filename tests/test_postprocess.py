@@ -139,3 +139,29 @@ def test_default_predictor_equals_the_detectors_own_postprocessing(name):
         np.testing.assert_allclose(_canonical(d), _canonical(ref), rtol=0, atol=1e-5)
     # the model's own settings are back after predicting
     assert holder.nms_thresh < 1 and holder.detections_per_img == p.postprocess.max_detections
+
+
+@pytest.mark.parametrize("name", ["fcos-tiny", "retinanet-tiny"])
+def test_dense_candidates_are_torchvisions_without_its_nms(name):
+    """danlu reads FCOS / RetinaNet candidates straight from the heads: the same boxes as
+    torchvision's own post-processing with its NMS and cap switched off."""
+    torch.manual_seed(1)
+    model = build_model(name, num_classes=3, img_size=96, weights=None).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    holder = score_threshold_holder(model)
+    holder.score_thresh, holder.nms_thresh, holder.detections_per_img = 0.0, 2.0, 10**6
+    images = (torch.rand(2, 3, 96, 96) * 255).to(torch.uint8)
+    with torch.inference_mode():
+        own = model(list(images.float() / 255))
+    holder.nms_thresh, holder.detections_per_img = 0.5, 100
+    cands = Predictor(model, device="cpu", score_threshold=0.0, img_size=96).candidates(images)
+    for o, c in zip(own, cands, strict=True):
+        ref = Detections(o["boxes"], o["labels"], scores=o["scores"])
+        np.testing.assert_allclose(_canonical(c), _canonical(ref), rtol=0, atol=1e-5)
+        assert ("loc_scores" in c.extra) == name.startswith("fcos")
+    if name.startswith("fcos"):  # centerness is a localization score: IoU-guided NMS runs
+        p = Predictor(model, device="cpu", score_threshold=0.0, img_size=96, nms="iou-guided")
+        out = p.predict_tensor(images)
+        assert all(0 < len(d) <= 100 and not d.extra for d in out)

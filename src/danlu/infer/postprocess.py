@@ -84,7 +84,9 @@ class PostProcess:
             out = out[out.scores >= self.score_threshold]
         if self.max_detections and len(out) > self.max_detections:
             out = out[: self.max_detections]
-        return out
+        # what the candidates carried for the suppression (loc_scores) stays here
+        return Detections(out.xyxy, out.labels, scores=out.scores, polygons=out.polygons,
+                          flags=out.flags)
 
     def _suppress(self, det: Detections) -> Detections:
         from danlu import boxes

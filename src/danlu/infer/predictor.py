@@ -30,6 +30,7 @@ from torch import nn
 
 from danlu.errors import DatasetError, ModelError
 from danlu.infer.postprocess import PostProcess
+from danlu.models.candidates import candidates_mode, supports_candidates
 from danlu.models.checkpoint import build_model_from_checkpoint, load_checkpoint
 from danlu.models.device import resolve_device
 from danlu.models.transform import Frame, InputTransform
@@ -152,10 +153,15 @@ class Predictor:
     @contextlib.contextmanager
     def _candidate_mode(self, score_threshold: float) -> Iterator[None]:
         """Eval mode, the model's score threshold at most ours, and its own suppression and
-        detection cap switched off (candidates come out); restored afterwards."""
+        detection cap out of the way (candidates come out); restored afterwards. FCOS and
+        RetinaNet hand over their decoded candidates directly
+        (:mod:`danlu.models.candidates`); other detectors run their NMS at a threshold no
+        pair of boxes exceeds."""
         was_training = self.model.training
         holder = score_threshold_holder(self.model)
-        names = ("score_thresh", "nms_thresh", "detections_per_img")
+        dense = holder is not None and supports_candidates(holder)
+        names = ("score_thresh",) if dense else ("score_thresh", "nms_thresh",
+                                                 "detections_per_img")
         old = {k: getattr(holder, k) for k in names if hasattr(holder, k)}
         self.model.eval()
         if holder is not None:
@@ -165,7 +171,8 @@ class Predictor:
             if "detections_per_img" in old:
                 holder.detections_per_img = _NO_CAP
         try:
-            yield
+            with candidates_mode(holder) if dense else contextlib.nullcontext():
+                yield
         finally:
             for k, v in old.items():
                 setattr(holder, k, v)
@@ -184,8 +191,10 @@ class Predictor:
             outputs = self.model(list(x))
         dets = []
         for out in outputs:
+            loc = out.get("loc_scores")
             d = Detections(out["boxes"].float().cpu(), out["labels"].cpu(),
-                           scores=out["scores"].float().cpu())
+                           scores=out["scores"].float().cpu(),
+                           extra=None if loc is None else {"loc_scores": loc.float().cpu()})
             dets.append(d.filter(min_score=thr))
         return dets
 
