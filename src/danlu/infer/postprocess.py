@@ -80,8 +80,8 @@ class PostProcess:
             out = self._wbf(passes)
         else:
             out = self._suppress(Detections.concat(passes) if len(passes) > 1 else passes[0])
-        if self.score_threshold > 0 and len(out):
-            out = out[out.scores >= self.score_threshold]
+        if self.score_threshold > 0:
+            out = out.filter(min_score=self.score_threshold)
         if self.max_detections and len(out) > self.max_detections:
             out = out[: self.max_detections]
         # what the candidates carried for the suppression (loc_scores) stays here
@@ -101,7 +101,7 @@ class PostProcess:
         if m == "agnostic":
             return det[boxes.nms(det.xyxy, det.scores, thr)]
         if m == "none":
-            return det[np.argsort(-det.scores, kind="stable")]
+            return det.sort_by_score()
         if m in ("soft-linear", "soft-gaussian"):
             keep, decayed = boxes.soft_nms(det.xyxy, det.scores, method=m[5:], sigma=self.sigma,
                                            iou_threshold=thr, labels=det.labels,
@@ -113,8 +113,7 @@ class PostProcess:
                 raise ConfigError("iou-guided NMS needs a localization score per candidate",
                                   hint="this model gives none; use --nms hard or soft-*")
             keep, best = boxes.iou_guided_nms(det.xyxy, det.scores, loc, thr, labels=det.labels)
-            out = det[keep].with_scores(np.asarray(best, np.float32))
-            return out[np.argsort(-out.scores, kind="stable")]
+            return det[keep].with_scores(np.asarray(best, np.float32)).sort_by_score()
         return self._merge(det)
 
     def _merge(self, det: Detections) -> Detections:
@@ -127,8 +126,8 @@ class PostProcess:
         xyxy, scores, labels = boxes.merge_predictions(
             det.xyxy, det.scores, det.labels, clusters, match_metric=metric,
             match_threshold=self.iou_threshold)
-        out = Detections(np.asarray(xyxy, np.float32), labels, scores=np.asarray(scores))
-        return out[np.argsort(-out.scores, kind="stable")]
+        return Detections(np.asarray(xyxy, np.float32), labels,
+                          scores=np.asarray(scores)).sort_by_score()
 
     def _wbf(self, passes: list[Detections]) -> Detections:
         from danlu.boxes import weighted_boxes_fusion

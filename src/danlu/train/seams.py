@@ -31,6 +31,7 @@ class TrainerSeams:
     ``rank``, ``world_size``, ``step``, ``model``, ``loss_fn`` and ``event``)."""
 
     config: Any
+    validator: Validator | None
     _resume_ckpt: dict[str, Any] | None
 
     def build_validator(self) -> Validator | None:
@@ -45,8 +46,13 @@ class TrainerSeams:
     def build_best_rule(self) -> BestRule:
         """Which validation number makes a checkpoint ``best.pt`` (the protocol's headline,
         higher is better, unless ``best_metric`` / ``best_mode`` say otherwise)."""
-        protocol = self.validator.protocol if self.validator is not None else "coco"
-        return BestRule.for_protocol(protocol, self.config.best_metric, self.config.best_mode)
+        return BestRule.for_protocol(self.val_protocol, self.config.best_metric,
+                                     self.config.best_mode)
+
+    @property
+    def val_protocol(self) -> str:
+        """The protocol validation runs under (``coco`` when there is no validation data)."""
+        return self.validator.protocol if self.validator is not None else "coco"
 
     def build_model(self) -> nn.Module:
         """The model from :func:`danlu.models.build_model` (seeded: same init every run)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 from danlu.errors import ConfigError, DatasetError
 from danlu.models.checkpoint import FORMAT, VERSION
+from danlu.models.transform import InputTransform
 from danlu.train.callbacks import state_keys
 from danlu.train.checkpoint import rng_state, set_rng_state
 
@@ -81,7 +82,7 @@ class ResumableState:
             "format": FORMAT, "version": VERSION,
             "model_config": dict(self.model_config),
             "class_names": list(self.class_names),
-            "img_size": self.config.img_size, "resize": self.config.resize,
+            **InputTransform(self.config.img_size, self.config.resize).to_dict(),
             "model": weights.state_dict(),
             "config": self.config.to_dict(),
             "metrics": _plain_metrics(self.metrics),

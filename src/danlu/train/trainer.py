@@ -364,8 +364,7 @@ class Trainer(TrainerSeams, ResumableState):
     def row_metrics(self) -> tuple[str, ...]:
         """The validation numbers ``results.csv`` records (COCO: ``AP50``, ``AP``; else the
         protocol's headline), plus the best-checkpoint number."""
-        protocol = self.validator.protocol if self.validator is not None else "coco"
-        names = ("AP50", "AP") if protocol == "coco" else ("mAP",)
+        names = ("AP50", "AP") if self.val_protocol == "coco" else ("mAP",)
         return names if self.best_rule.metric in names else (*names, self.best_rule.metric)
 
     def end_epoch(self, epoch_start: float) -> None:
@@ -453,7 +452,7 @@ class Trainer(TrainerSeams, ResumableState):
             result = write_evaluation(self.best_path, self.val_data, self.run_dir / "eval",
                                       device=self.device,
                                       score_threshold=self.config.score_threshold,
-                                      protocol=self.validator.protocol)
+                                      protocol=self.val_protocol)
         self.last_eval = result
         return {k: float(v) for k, v in result.metrics.items()}
 
