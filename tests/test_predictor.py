@@ -121,3 +121,13 @@ def test_danlu_eval_reads_what_danlu_predict_writes(ckpt, tmp_path):
                      "--json"]) == 0
     got = orjson.loads(buf.getvalue())
     np.testing.assert_allclose(got["stats"], expected.stats, atol=1e-6)
+
+
+def test_danlu_predict_warns_when_it_finds_nothing(ckpt, tmp_path, capsys):
+    from danlu.cli.main import main
+
+    img = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(img)
+    assert main(["predict", str(ckpt), str(img), "--out", str(tmp_path / "p"),
+                 "--score-threshold", "0.9999", "--no-draw"]) == 0
+    assert "warning: 0 detections in 1 images" in capsys.readouterr().err

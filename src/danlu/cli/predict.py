@@ -65,8 +65,13 @@ def register(app: typer.Typer) -> None:
                             score_threshold=score_threshold, batch_size=batch, draw=draw,
                             progress=lambda xs: track(xs, "predict"), nms=nms, iou=iou,
                             max_detections=max_det)
+        n = sum(len(im["detections"]["labels"]) for im in doc["images"])
+        if n == 0:  # said even with --json or --quiet: a run that found nothing is news
+            import sys
+
+            print(f"warning: 0 detections in {len(doc['images'])} images at score >= "
+                  f"{score_threshold:g}; try a lower --score-threshold", file=sys.stderr)
         if as_json:
             print_json(doc)
         else:
-            n = sum(len(im["detections"]["labels"]) for im in doc["images"])
             info(f"{n} detections in {len(doc['images'])} images -> {out}")
