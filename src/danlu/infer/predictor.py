@@ -19,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,35 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from danlu.errors import DatasetError, ModelError
+from danlu.errors import ConfigError, DatasetError
+from danlu.infer.backend import candidates_at_native_size, open_backend, score_threshold_holder
 from danlu.infer.postprocess import PostProcess
-from danlu.models.candidates import candidates_mode, supports_candidates
-from danlu.models.checkpoint import build_model_from_checkpoint, load_checkpoint
-from danlu.models.device import resolve_device
-from danlu.models.transform import Frame, InputTransform
+from danlu.models.transform import InputTransform
 from danlu.structures import Dataset, Detections, Sample
 
 ImageInput = str | Path | bytes | np.ndarray | torch.Tensor | Sample | Any
-
-
-#: an IoU threshold no pair of boxes exceeds: torchvision's suppression keeps every candidate
-_NO_SUPPRESSION = 2.0
-_NO_CAP = 1_000_000
-
-
-def score_threshold_holder(model: nn.Module) -> Any:
-    """The module whose ``score_thresh``, ``nms_thresh`` and ``detections_per_img`` drive a
-    torchvision detector's post-processing (the model itself, a danlu ``Detector``'s
-    ``.model``, or Faster R-CNN's ``roi_heads``), or None."""
-    for candidate in (model, getattr(model, "model", None)):
-        if candidate is None:
-            continue
-        if isinstance(getattr(candidate, "score_thresh", None), (int, float)):
-            return candidate
-        heads = getattr(candidate, "roi_heads", None)
-        if heads is not None and isinstance(getattr(heads, "score_thresh", None), (int, float)):
-            return heads
-    return None
 
 
 def to_rgb_array(image: ImageInput) -> np.ndarray:
@@ -94,8 +71,10 @@ class Predictor:
     """Run a detector on images; boxes come back in each input image's pixels.
 
     Args:
-        model: a checkpoint path (``.pt`` file or run folder), or a live ``nn.Module``
-            (a torchvision-style detector: eval mode returns ``boxes/labels/scores`` dicts).
+        model: a checkpoint path (``.pt`` file or run folder), a live ``nn.Module`` (a
+            torchvision-style detector: eval mode returns ``boxes/labels/scores`` dicts), an
+            exported ``.onnx`` / ``.torchscript`` file, ``haar:NAME`` (an OpenCV cascade,
+            :mod:`danlu.models.classical`), or any :class:`~danlu.infer.backend.Backend`.
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda`` ...
         score_threshold: drop detections scoring below this.
         nms: the suppression (:data:`~danlu.infer.postprocess.METHODS`): ``hard`` (default,
@@ -103,125 +82,125 @@ class Predictor:
             ``soft-gaussian``, ``wbf``, ``nmm``, ``greedy-nmm``, ``iou-guided``, ``none``.
         iou: its IoU threshold (default: the model's own, 0.5 when it has none).
         max_detections: detections per image (default: the model's own cap, else 100).
+        match: ``iou`` or ``ios`` (intersection over the smaller box) for the NMM methods.
+        class_thresholds: a per-class score threshold (``{class name or label: score}``)
+            over ``score_threshold``, for the classes it names.
+        tta: test-time augmentation (:mod:`danlu.infer.tta`): ``True`` for the default
+            passes (flip, two scales), merged by WBF.
         class_names / img_size / resize: needed only with a live module (a checkpoint has them).
         batch_size: images per forward pass.
         amp: float16 autocast on CUDA (off by default: boxes are decoded at full precision).
+        backend_options: a ``haar:`` model's settings (``scale_factor``, ``min_neighbors``...).
     """
 
-    def __init__(self, model: str | Path | nn.Module, device: str | torch.device = "auto",
+    def __init__(self, model: str | Path | nn.Module | Any, device: str | torch.device = "auto",
                  score_threshold: float = 0.05, *, nms: str = "hard", iou: float | None = None,
-                 max_detections: int | None = None, class_names: Sequence[str] | None = None,
+                 max_detections: int | None = None, match: str = "iou",
+                 class_thresholds: dict[Any, float] | None = None,
+                 tta: bool | Sequence[Any] = False, class_names: Sequence[str] | None = None,
                  img_size: int | None = None, resize: str = "letterbox", batch_size: int = 8,
-                 amp: bool = False) -> None:
-        self.device = resolve_device(device)
+                 amp: bool = False, **backend_options: Any) -> None:
+        self.backend = open_backend(model, device, class_names=class_names, img_size=img_size,
+                                    resize=resize, amp=amp, **backend_options)
+        self.device = getattr(self.backend, "device", torch.device("cpu"))
         self.score_threshold = float(score_threshold)
         self.batch_size = int(batch_size)
-        self.checkpoint_path: Path | None = None
-        if isinstance(model, nn.Module):
-            if img_size is None:
-                raise ModelError("Predictor(module) needs img_size (a checkpoint carries it)")
-            self.model = model
-            self.class_names = list(class_names) if class_names is not None else []
-            self.transform = InputTransform(int(img_size), resize)
-            self.model_config: dict[str, Any] = {}
-        else:
-            ckpt = load_checkpoint(model)
-            self.checkpoint_path = Path(model)
-            self.model = build_model_from_checkpoint(ckpt)
-            self.class_names = list(ckpt["class_names"])
-            self.transform = InputTransform.from_checkpoint(ckpt)
-            self.model_config = dict(ckpt["model_config"])
-        self.model.to(self.device)
-        self.amp = bool(amp)
-        holder = score_threshold_holder(self.model)
-        own_iou = getattr(holder, "nms_thresh", None)
-        own_cap = getattr(holder, "detections_per_img", None)
+        self.checkpoint_path = None if isinstance(model, nn.Module) else Path(str(model))
+        own_iou = self.backend.default_iou
+        own_cap = self.backend.default_max_detections
         self.postprocess = PostProcess(
             nms, iou_threshold=float(iou if iou is not None else own_iou or 0.5),
             max_detections=int(max_detections if max_detections is not None
-                               else own_cap or 100))
+                               else own_cap or 100), match=match)
+        self.class_floor = class_score_floor(class_thresholds or {}, self.class_names,
+                                             self.score_threshold)
+        from danlu.infer.tta import tta_passes
+
+        self.tta = tta_passes(tta, self.backend)
+
+    # -- what the backend is -----------------------------------------------------------------------
+    @property
+    def class_names(self) -> list[str]:
+        return self.backend.class_names
 
     @property
-    def img_size(self) -> int:
-        return self.transform.size
+    def transform(self) -> InputTransform | None:
+        return self.backend.transform
 
     @property
-    def resize(self) -> str:
-        return self.transform.mode
+    def model(self) -> nn.Module | None:
+        """The torch module (None for exported and classical models)."""
+        return getattr(self.backend, "model", None)
+
+    @property
+    def model_config(self) -> dict[str, Any]:
+        return dict(getattr(self.backend, "config", {}))
+
+    @property
+    def img_size(self) -> int | None:
+        return None if self.transform is None else self.transform.size
+
+    @property
+    def resize(self) -> str | None:
+        return None if self.transform is None else self.transform.mode
 
     # -- core ------------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _candidate_mode(self, score_threshold: float) -> Iterator[None]:
-        """Eval mode, the model's score threshold at most ours, and its own suppression and
-        detection cap out of the way (candidates come out); restored afterwards. FCOS and
-        RetinaNet hand over their decoded candidates directly
-        (:mod:`danlu.models.candidates`); other detectors run their NMS at a threshold no
-        pair of boxes exceeds."""
-        was_training = self.model.training
-        holder = score_threshold_holder(self.model)
-        dense = holder is not None and supports_candidates(holder)
-        names = ("score_thresh",) if dense else ("score_thresh", "nms_thresh",
-                                                 "detections_per_img")
-        old = {k: getattr(holder, k) for k in names if hasattr(holder, k)}
-        self.model.eval()
-        if holder is not None:
-            holder.score_thresh = min(float(old["score_thresh"]), score_threshold)
-            if "nms_thresh" in old:
-                holder.nms_thresh = _NO_SUPPRESSION
-            if "detections_per_img" in old:
-                holder.detections_per_img = _NO_CAP
-        try:
-            with candidates_mode(holder) if dense else contextlib.nullcontext():
-                yield
-        finally:
-            for k, v in old.items():
-                setattr(holder, k, v)
-            self.model.train(was_training)
-
-    @torch.inference_mode()
-    def candidates(self, images: torch.Tensor, score_threshold: float | None = None
-                   ) -> list[Detections]:
-        """``uint8 [B,3,S,S]`` already-transformed images -> the model's candidates (before
-        suppression, scoring at least ``score_threshold``), in the transformed frame."""
+    def candidates(self, images: torch.Tensor | list[np.ndarray],
+                   score_threshold: float | None = None) -> list[Detections]:
+        """The backend's candidates (before suppression, scoring at least
+        ``score_threshold``): for ``uint8 [B,3,S,S]`` transformed images, in the transformed
+        frame; for a transform-less backend, a list of ``HxWx3`` arrays, in their pixels."""
         thr = self.score_threshold if score_threshold is None else float(score_threshold)
-        x = images.to(self.device, non_blocking=True).float().div_(255.0)
-        autocast = (torch.autocast("cuda", dtype=torch.float16)
-                    if self.amp and self.device.type == "cuda" else contextlib.nullcontext())
-        with self._candidate_mode(thr), autocast:
-            outputs = self.model(list(x))
-        dets = []
-        for out in outputs:
-            loc = out.get("loc_scores")
-            d = Detections(out["boxes"].float().cpu(), out["labels"].cpu(),
-                           scores=out["scores"].float().cpu(),
-                           extra=None if loc is None else {"loc_scores": loc.float().cpu()})
-            dets.append(d.filter(min_score=thr))
-        return dets
+        if self.transform is None:
+            return candidates_at_native_size(self.backend, list(images), thr)
+        return self.backend.candidates(images, thr)
+
+    def finish(self, candidates: Detections | Sequence[Detections]) -> Detections:
+        """One image's candidates (or one list per pass) -> its final detections: the
+        post-processing, then the per-class thresholds."""
+        return self.apply_class_thresholds(self.postprocess(candidates))
+
+    def apply_class_thresholds(self, det: Detections) -> Detections:
+        """``det`` without the detections under their class's threshold."""
+        if self.class_floor is None or not len(det):
+            return det
+        labels = np.clip(det.labels, 0, len(self.class_floor) - 1)
+        return det[det.scores >= self.class_floor[labels]]
 
     def predict_tensor(self, images: torch.Tensor, score_threshold: float | None = None
                        ) -> list[Detections]:
         """``uint8 [B,3,S,S]`` already-transformed images -> final detections in the
         transformed frame (candidates through :attr:`postprocess`)."""
-        return [self.postprocess(c) for c in self.candidates(images, score_threshold)]
+        return [self.finish(c) for c in self.candidates(images, score_threshold)]
 
-    def _predict_arrays(self, arrays: Iterable[np.ndarray], score_threshold: float | None,
-                        batch_size: int | None) -> Iterator[Detections]:
+    def predict_arrays(self, arrays: Iterable[np.ndarray], score_threshold: float | None = None,
+                       batch_size: int | None = None) -> Iterator[Detections]:
+        """``HxWx3`` uint8 arrays -> their detections in their own pixels, lazily, in
+        batches of ``batch_size``."""
         bs = self.batch_size if batch_size is None else int(batch_size)
-        chunk: list[tuple[torch.Tensor, Frame]] = []
-
-        def flush() -> list[Detections]:
-            dets = self.predict_tensor(torch.stack([c[0] for c in chunk]), score_threshold)
-            out = [self.transform.back(d, frame)
-                   for d, (_, frame) in zip(dets, chunk, strict=True)]
-            chunk.clear()
-            return out
-
+        chunk: list[np.ndarray] = []
         for arr in arrays:
-            chunk.append(self.transform.image(arr))
+            chunk.append(arr)
             if len(chunk) >= bs:
-                yield from flush()
+                yield from self._predict_chunk(chunk, score_threshold)
+                chunk = []
         if chunk:
-            yield from flush()
+            yield from self._predict_chunk(chunk, score_threshold)
+
+    def _predict_chunk(self, arrays: list[np.ndarray], score_threshold: float | None
+                       ) -> list[Detections]:
+        if self.tta:
+            from danlu.infer.tta import fuse_passes, tta_candidates
+
+            return [self.apply_class_thresholds(fuse_passes(self.postprocess, passes))
+                    for passes in tta_candidates(self, arrays, score_threshold)]
+        if self.transform is None:
+            return [self.finish(c) for c in self.candidates(arrays, score_threshold)]
+        pairs = [self.transform.image(a) for a in arrays]
+        cands = self.candidates(torch.stack([t for t, _ in pairs]), score_threshold)
+        # suppressed in the model's square (as torchvision does), then mapped back
+        return [self.transform.back(self.finish(c), frame)
+                for c, (_, frame) in zip(cands, pairs, strict=True)]
 
     # -- public -----------------------------------------------------------------------------------
     def predict(self, images: ImageInput | Sequence[ImageInput], *,
@@ -231,8 +210,8 @@ class Predictor:
         (returns a list). Boxes are in each original image's pixel coordinates."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        dets = list(self._predict_arrays((to_rgb_array(im) for im in items),
-                                         score_threshold, batch_size))
+        dets = list(self.predict_arrays((to_rgb_array(im) for im in items),
+                                        score_threshold, batch_size))
         return dets[0] if single else dets
 
     def predict_dataset(self, ds: Dataset, *, score_threshold: float | None = None,
@@ -243,8 +222,8 @@ class Predictor:
         samples: Iterable[Sample] = ds.samples
         if progress is not None:
             samples = progress(samples)
-        return list(self._predict_arrays((s.load_image() for s in samples),
-                                         score_threshold, batch_size))
+        return list(self.predict_arrays((s.load_image() for s in samples),
+                                        score_threshold, batch_size))
 
     def predictions_dataset(self, ds: Dataset, **kwargs: Any) -> Dataset:
         """``ds`` with each sample's detections replaced by predictions."""
@@ -254,10 +233,33 @@ class Predictor:
         return Dataset(samples, ds.class_names, dict(ds.meta))
 
     def __repr__(self) -> str:
-        name = self.model_config.get("name", type(self.model).__name__)
+        name = getattr(self.backend, "name", type(self.backend).__name__)
         return (f"Predictor({name!r}, classes={len(self.class_names)}, "
                 f"img_size={self.img_size}, nms={self.postprocess.method!r}, "
                 f"device={self.device})")
+
+
+def class_score_floor(thresholds: dict[Any, float], class_names: Sequence[str],
+                      default: float) -> np.ndarray | None:
+    """``{class name or label id: score}`` -> the minimum score of each label (``default``
+    for the classes not named), or None when ``thresholds`` is empty."""
+    if not thresholds:
+        return None
+    floor = np.full(max(len(class_names), 1), default, np.float32)
+    index = {n: i for i, n in enumerate(class_names)}
+    for key, value in thresholds.items():
+        if isinstance(key, str) and key in index:
+            i = index[key]
+        elif isinstance(key, int) or (isinstance(key, str) and key.isdigit()):
+            i = int(key)
+        else:
+            raise ConfigError(f"per-class threshold for unknown class {key!r}",
+                              hint="classes: " + ", ".join(class_names))
+        if not 0 <= i < len(floor):
+            raise ConfigError(f"per-class threshold for label {i}: the model has "
+                              f"{len(class_names)} classes")
+        floor[i] = float(value)
+    return floor
 
 
 def predict_files(checkpoint: str | Path, paths: Sequence[str | Path], out: str | Path, *,
@@ -307,4 +309,5 @@ def predict_files(checkpoint: str | Path, paths: Sequence[str | Path], out: str 
     return doc
 
 
-__all__ = ["Predictor", "to_rgb_array", "predict_files", "score_threshold_holder"]
+__all__ = ["Predictor", "to_rgb_array", "predict_files", "score_threshold_holder",
+           "class_score_floor"]
