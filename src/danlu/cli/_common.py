@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
 from collections.abc import Iterable, Iterator
@@ -80,6 +81,48 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         for item in items:
             yield item
             progress.advance(task)
+
+
+class _Counter:
+    """``advance(n)`` for work that finishes in uneven steps (a batch of images at once)."""
+
+    def __init__(self, progress: Any, task: Any) -> None:
+        self.progress, self.task = progress, task
+
+    def __call__(self, n: int = 1) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task, n)
+
+
+@contextlib.contextmanager
+def counter(description: str, total: int | None, unit: str = "img") -> Iterator[_Counter]:
+    """A progress bar with a rate column (``12.3 img/s``) on stderr, advanced by the callable
+    it yields (a no-op when not a terminal or quiet)."""
+    if not show_progress():
+        yield _Counter(None, None)
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    rate = TextColumn("{task.fields[rate]}")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), rate,
+               TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=_rich_console(), transient=True) as progress:
+        task = progress.add_task(description, total=total, rate="")
+
+        class _Rated(_Counter):
+            def __call__(self, n: int = 1) -> None:
+                progress.advance(task, n)
+                speed = progress.tasks[0].speed
+                progress.update(task, rate=f"{speed:.1f} {unit}/s" if speed else "")
+
+        yield _Rated(progress, task)
 
 
 def prepare_numba() -> None:

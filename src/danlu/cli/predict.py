@@ -1,77 +1,178 @@
-"""``danlu predict``: run a checkpoint on images; write predictions and drawn pictures."""
+"""``danlu predict``: run a model on images, folders, globs or videos; write predictions."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from danlu.cli._common import info, print_json, track
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+from danlu.cli._common import counter, info, print_json
 
 
-def image_paths(inputs: list[Path]) -> list[Path]:
-    """Files as given; folders expand to the images directly inside them, sorted."""
-    from danlu.errors import DatasetError
+def _slice(value: str | None) -> int | str | None:
+    from danlu.errors import ConfigError
 
-    out: list[Path] = []
-    for p in inputs:
-        if p.is_dir():
-            out += sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            out.append(p)
+    if value is None or value.lower() in ("", "off", "none", "0"):
+        return None
+    if value.lower() == "auto":
+        return "auto"
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"--slice {value!r}: expected a tile side in pixels or 'auto'") from None
+
+
+def _class_thresholds(path: Path | None) -> dict[Any, float]:
+    """A YAML / JSON mapping ``{class name or label id: min score}``."""
+    if path is None:
+        return {}
+    import yaml
+
+    from danlu.errors import ConfigError
+
+    try:
+        doc = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read per-class thresholds ({e})") from e
+    if not isinstance(doc, dict) or not all(isinstance(v, (int, float)) for v in doc.values()):
+        raise ConfigError(f"{path}: expected a mapping of class name (or id) to a score",
+                          hint="e.g.  car: 0.4\n      person: 0.25")
+    return {k: float(v) for k, v in doc.items()}
+
+
+def _total(sources: list[str], recursive: bool, stride: int) -> int | None:
+    from danlu.infer.sources import expand_sources, is_video, video_frame_count
+
+    total = 0
+    for p in expand_sources(sources, recursive=recursive):
+        if is_video(p):
+            n = video_frame_count(p, stride)
+            if n is None:
+                return None
+            total += n
         else:
-            raise DatasetError(f"{p}: no such image or folder")
-    if not out:
-        raise DatasetError("no images found", hint="pass image files or folders of images")
-    return out
+            total += 1
+    return total
 
 
 def register(app: typer.Typer) -> None:
     @app.command("predict")
     def predict_cmd(
-        checkpoint: Path = typer.Argument(..., help="A danlu checkpoint (best.pt) or run "
-                                          "folder."),
-        images: list[Path] = typer.Argument(..., help="Image files or folders of images."),
-        out: Path = typer.Option(..., "--out", help="Output folder: predictions.json and "
-                                 "drawn PNGs."),
+        model: str = typer.Argument(..., help="A danlu checkpoint (best.pt) or run folder, an "
+                                    "exported .onnx / .torchscript file, or haar:NAME (an "
+                                    "OpenCV cascade, e.g. haar:frontalface_default)."),
+        sources: list[str] = typer.Argument(..., help="Images, folders, quoted globs "
+                                            "('shots/**/*.jpg') or video files."),
+        out: Path = typer.Option(..., "--out", help="Output folder."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
         score_threshold: float = typer.Option(0.25, "--score-threshold",
                                               help="Keep detections scoring at least this."),
-        batch: int = typer.Option(8, "--batch", help="Images per forward pass."),
-        draw: bool = typer.Option(True, "--draw/--no-draw", help="Write drawn PNGs."),
+        class_thresholds: Path = typer.Option(None, "--class-thresholds", help="YAML/JSON "
+                                              "file: {class name or id: min score}."),
+        batch: int = typer.Option(8, "--batch", help="Images (or tiles) per forward pass."),
+        formats: list[str] = typer.Option(["danlu"], "--format", help="Also write: coco, "
+                                          "voc, yolo, dota, dota-task1, dota-task2 "
+                                          "(repeat or comma-separate); predictions.json "
+                                          "(danlu) is always written."),
+        save_images: bool = typer.Option(True, "--save-images/--no-save-images", "--draw/"
+                                         "--no-draw", help="Write OUT/images/*.png with the "
+                                         "boxes drawn (a shrunk copy for huge images)."),
         nms: str = typer.Option("hard", "--nms", help="Suppression: hard (class-aware, "
-                                "default), agnostic, soft-linear, soft-gaussian, wbf, nmm, "
-                                "greedy-nmm, iou-guided, none."),
+                                "default), agnostic, soft-linear, soft-gaussian, iou-guided, "
+                                "wbf, nmm, greedy-nmm, none."),
         iou: float = typer.Option(None, "--iou", help="IoU threshold of the suppression "
                                   "(default: the model's own, usually 0.5)."),
+        match: str = typer.Option("iou", "--match", help="iou or ios (intersection over "
+                                  "the smaller box), for nmm / greedy-nmm."),
         max_det: int = typer.Option(None, "--max-det", help="Detections per image (default: "
-                                    "the model's own cap)."),
+                                    "the model's own cap; sliced images: no cap)."),
+        slice_: str = typer.Option(None, "--slice", help="Sliced inference: a tile side in "
+                                   "pixels, or 'auto' (tiles of the model's input side, for "
+                                   "images larger than 1.5x it)."),
+        overlap: float = typer.Option(0.2, "--overlap", help="Tile overlap fraction."),
+        full_pass: bool = typer.Option(False, "--full-pass", help="With --slice: also "
+                                       "predict the whole image shrunk (large objects)."),
+        merge: str = typer.Option("default", "--merge", help="With --slice: 'default' (the "
+                                  "--nms choice, one box per object at tile seams) or "
+                                  "'dota' (DOTA devkit ResultMerge: per-class NMS at 0.3)."),
+        tta: bool = typer.Option(False, "--tta", help="Test-time augmentation: flip and two "
+                                 "scales, fused by WBF (about 4x the time)."),
+        vid_stride: int = typer.Option(1, "--vid-stride", help="Videos: every N-th frame."),
+        recursive: bool = typer.Option(False, "--recursive", "-r", help="Folders: images in "
+                                       "sub-folders too."),
+        strict: bool = typer.Option(False, "--strict", help="Stop at the first unreadable "
+                                    "file (default: skip it, count it, go on)."),
+        haar_scale_factor: float = typer.Option(1.1, "--haar-scale-factor",
+                                                help="haar: models: the image pyramid step."),
+        haar_min_neighbors: int = typer.Option(5, "--haar-min-neighbors",
+                                               help="haar: models: detections to group."),
+        haar_min_size: int = typer.Option(30, "--haar-min-size",
+                                          help="haar: models: smallest object side, pixels."),
         as_json: bool = typer.Option(False, "--json", help="Print predictions.json's "
                                      "document on stdout."),
     ) -> None:
-        """Detect objects in images with a trained checkpoint.
+        """Detect objects with a trained, exported or classical model.
 
-        Writes OUT/predictions.json ({"class_names", "checkpoint", "images": [{"path",
-        "width", "height", "detections": {"xyxy", "labels", "scores"}}]}, boxes in image
-        pixels) and OUT/images/*.png with the boxes drawn.
+        Writes OUT/predictions.json ({"class_names", "model", "images": [{"path", "width",
+        "height", "detections": {"xyxy", "labels", "scores"}}], "failed", "summary"}; boxes
+        in image pixels), OUT/images/*.png with the boxes drawn, the --format files, and
+        OUT/geojson/ for GeoTIFF inputs. Unreadable files are skipped and counted.
 
-        Example: danlu predict runs/exp/best.pt photos/ --out preds --nms soft-gaussian
+        Examples:
+
+          danlu predict runs/exp/best.pt photos/ --out preds --nms soft-gaussian
+
+          danlu predict best.pt scene.tif --out preds --slice 1024 --overlap 0.2 --format coco
+
+          danlu predict haar:frontalface_default 'shots/*.jpg' --out faces
         """
-        from danlu.infer.predictor import predict_files
+        from danlu.infer.outputs import check_formats
+        from danlu.infer.predictor import Predictor
+        from danlu.infer.run import predict_sources
+        from danlu.infer.slicing import dota_merge
 
-        doc = predict_files(checkpoint, image_paths(images), out, device=device,
-                            score_threshold=score_threshold, batch_size=batch, draw=draw,
-                            progress=lambda xs: track(xs, "predict"), nms=nms, iou=iou,
-                            max_detections=max_det)
-        n = sum(len(im["detections"]["labels"]) for im in doc["images"])
-        if n == 0:  # said even with --json or --quiet: a run that found nothing is news
-            import sys
+        fmts = check_formats(formats)
+        tile = _slice(slice_)
+        total = _total(sources, recursive, vid_stride)  # bad paths fail before the model loads
+        options: dict[str, Any] = {}
+        if model.startswith("haar:"):
+            options = {"scale_factor": haar_scale_factor, "min_neighbors": haar_min_neighbors,
+                       "min_size": (haar_min_size, haar_min_size)}
+        predictor = Predictor(model, device=device, score_threshold=score_threshold,
+                              batch_size=batch, nms=nms, iou=iou, max_detections=max_det,
+                              match=match, class_thresholds=_class_thresholds(class_thresholds),
+                              tta=tta, **options)
+        merge_pp = dota_merge(iou if iou is not None else 0.3) if merge == "dota" else None
+        if merge not in ("default", "dota"):
+            from danlu.errors import ConfigError
 
-            print(f"warning: 0 detections in {len(doc['images'])} images at score >= "
+            raise ConfigError(f"--merge {merge!r}: expected default or dota")
+        with counter("predict", total) as advance:
+            doc = predict_sources(predictor, sources, out, formats=fmts,
+                                  save_images=save_images, progress=advance, slice_size=tile,
+                                  overlap=overlap, full_pass=full_pass, merge=merge_pp,
+                                  resolve_cuts=merge != "dota", vid_stride=vid_stride,
+                                  recursive=recursive, strict=strict)
+        s = doc["summary"]
+        # said even with --json or --quiet: a run that found nothing, or skipped files, is news
+        for bad in doc["failed"][:10]:
+            print(f"warning: skipped {bad['error']}", file=sys.stderr)
+        if len(doc["failed"]) > 10:
+            print(f"warning: ... and {len(doc['failed']) - 10} more unreadable files "
+                  "(listed in predictions.json)", file=sys.stderr)
+        if s["images"] == 0:
+            from danlu.errors import DatasetError
+
+            raise DatasetError(f"none of the {s['failed']} inputs could be read",
+                               hint="the warnings above say why")
+        if s["detections"] == 0:
+            print(f"warning: 0 detections in {s['images']} images at score >= "
                   f"{score_threshold:g}; try a lower --score-threshold", file=sys.stderr)
         if as_json:
             print_json(doc)
         else:
-            info(f"{n} detections in {len(doc['images'])} images -> {out}")
+            skipped = f", {s['failed']} skipped" if s["failed"] else ""
+            info(f"{s['detections']} detections in {s['images']} images{skipped} "
+                 f"({s['images_per_second']:.1f} img/s) -> {out}")

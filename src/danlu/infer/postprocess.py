@@ -6,6 +6,7 @@ top-k per level, decoded to pixels) and :class:`PostProcess` chooses what surviv
 * ``hard`` — class-aware hard NMS (:func:`danlu.boxes.batched_nms`, ``IoU > iou`` suppresses);
   on the same candidates it keeps what torchvision's own post-processing keeps, in its order;
 * ``agnostic`` — hard NMS over all classes (:func:`danlu.boxes.nms`);
+  oriented boxes (``Detections.polygons``) go through :func:`danlu.boxes.polygon_nms` by both;
 * ``soft-linear`` / ``soft-gaussian`` — class-aware Soft-NMS (:func:`danlu.boxes.soft_nms`;
   scores are the decayed ones, boxes whose decayed score is ``<= score_threshold`` go);
 * ``wbf`` — weighted boxes fusion (:func:`danlu.boxes.weighted_boxes_fusion`) of the candidate
@@ -96,6 +97,9 @@ class PostProcess:
         if len(det) == 0:
             return det
         m, thr = self.method, self.iou_threshold
+        if det.polygons is not None and m in ("hard", "agnostic"):  # oriented boxes
+            labels = det.labels if m == "hard" else None
+            return det[boxes.polygon_nms(det.polygons, det.scores, thr, labels=labels)]
         if m == "hard":
             return det[boxes.batched_nms(det.xyxy, det.scores, det.labels, thr)]
         if m == "agnostic":

@@ -46,7 +46,9 @@ def to_rgb_array(image: ImageInput) -> np.ndarray:
     if isinstance(image, Sample):
         return image.load_image()
     if isinstance(image, (str, Path, bytes)):
-        return Sample(image, 0, 0).load_image()
+        from danlu.infer.images import read_image
+
+        return read_image(image)
     if isinstance(image, torch.Tensor):
         t = image.detach().cpu()
         if t.ndim == 3 and t.shape[0] in (1, 3, 4):
@@ -262,52 +264,5 @@ def class_score_floor(thresholds: dict[Any, float], class_names: Sequence[str],
     return floor
 
 
-def predict_files(checkpoint: str | Path, paths: Sequence[str | Path], out: str | Path, *,
-                  device: str = "auto", score_threshold: float = 0.25, batch_size: int = 8,
-                  draw: bool = True,
-                  progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
-                  **postprocess: Any) -> dict[str, Any]:
-    """Predict image files with a checkpoint; write ``out/predictions.json`` (returned as a
-    dict: ``class_names``, ``checkpoint``, ``images`` with ``path``, ``width``, ``height`` and
-    ``detections`` in image pixels) and, with ``draw``, ``out/images/<stem>.png``.
-    ``postprocess``: the :class:`Predictor` options ``nms``, ``iou``, ``max_detections``."""
-    import orjson
-
-    from danlu.data._atomic import write_bytes_atomic
-
-    predictor = Predictor(checkpoint, device=device, score_threshold=score_threshold,
-                          batch_size=batch_size, **postprocess)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [Path(p) for p in paths]
-    items: Iterable[Path] = progress(paths) if progress is not None else paths
-    records: list[dict[str, Any]] = []
-    used: set[str] = set()
-    for path in items:
-        image = to_rgb_array(path)
-        det = predictor.predict(image)
-        records.append({"path": str(path), "width": int(image.shape[1]),
-                        "height": int(image.shape[0]), "detections": det.to_dict()})
-        if draw:
-            from PIL import Image
-
-            from danlu.data.show import draw_detections
-
-            stem = path.stem
-            name, k = stem, 1
-            while name in used:
-                k += 1
-                name = f"{stem}_{k}"
-            used.add(name)
-            (out / "images").mkdir(exist_ok=True)
-            Image.fromarray(draw_detections(image, det, predictor.class_names)).save(
-                out / "images" / f"{name}.png")
-    doc = {"class_names": predictor.class_names, "checkpoint": str(checkpoint),
-           "score_threshold": score_threshold, "nms": predictor.postprocess.method,
-           "iou": predictor.postprocess.iou_threshold, "images": records}
-    write_bytes_atomic(out / "predictions.json", orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    return doc
-
-
-__all__ = ["Predictor", "to_rgb_array", "predict_files", "score_threshold_holder",
+__all__ = ["Predictor", "to_rgb_array", "score_threshold_holder",
            "class_score_floor"]
