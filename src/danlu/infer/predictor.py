@@ -201,7 +201,7 @@ class Predictor:
         pairs = [self.transform.image(a) for a in arrays]
         cands = self.candidates(torch.stack([t for t, _ in pairs]), score_threshold)
         # suppressed in the model's square (as torchvision does), then mapped back
-        return [self.transform.back(self.finish(c), frame)
+        return [self.transform.back(self.finish(c), frame, drop_outside=True)
                 for c, (_, frame) in zip(cands, pairs, strict=True)]
 
     # -- public -----------------------------------------------------------------------------------

@@ -356,7 +356,7 @@ def _tile_detections(predictor: Any, chunk: list[tuple[Window, Any]],
                 predictor.candidates([a for _, (a, _) in chunk], score_threshold)]
     batch = torch.stack([t for _, (t, _) in chunk])
     cands = predictor.candidates(batch, score_threshold)
-    return [transform.back(predictor.finish(c), frame)
+    return [transform.back(predictor.finish(c), frame, drop_outside=True)
             for c, (_, (_, frame)) in zip(cands, chunk, strict=True)]
 
 

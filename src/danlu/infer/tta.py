@@ -83,7 +83,8 @@ def _pass_candidates(predictor: Any, arrays: list[np.ndarray], p: TTAPass,
                  else contextlib.nullcontext())
         with sized:
             cands = predictor.candidates(torch.stack([t for t, _ in pairs]), score_threshold)
-        dets = [transform.back(c, f) for c, (_, f) in zip(cands, pairs, strict=True)]
+        dets = [transform.back(c, f, drop_outside=True)
+                for c, (_, f) in zip(cands, pairs, strict=True)]
     return [_unflip(d, a.shape[1]) if p.flip else d for d, a in zip(dets, arrays, strict=True)]
 
 

@@ -97,13 +97,20 @@ class InputTransform:
         """Detections in the original image -> the same in the model's square."""
         return det.scale(*frame.scale)
 
-    def back(self, det: Detections, frame: Frame) -> Detections:
-        """Detections in the model's square -> the original image's pixels, clipped to it."""
+    def back(self, det: Detections, frame: Frame, *, drop_outside: bool = False) -> Detections:
+        """Detections in the model's square -> the original image's pixels, clipped to it.
+        With ``drop_outside``, boxes left with no area by the clipping (they lay wholly in
+        the letterbox padding, outside the image) are dropped."""
         sx, sy = frame.scale
         out = det.scale(1.0 / sx, 1.0 / sy)
         if len(out):
             w, h = frame.width, frame.height
             out.xyxy = np.clip(out.xyxy, 0, np.array([w, h, w, h], np.float32))
+            if drop_outside:
+                b = out.xyxy
+                inside = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+                if not inside.all():
+                    out = out[inside]
         return out
 
     def to_dict(self) -> dict[str, object]:

@@ -29,17 +29,17 @@ def sample_keys(sample: Sample) -> list[str]:
 def align(p: Path, gt: Dataset, format: str, per_key: dict[str, Detections],
           ctx: ReadContext) -> Dataset:
     """``gt``'s samples holding the predictions of their key (the first of
-    :func:`~danlu.data.formats._common.prediction_keys` that ``per_key`` has); a key no
-    sample takes is an error."""
+    :func:`~danlu.data.formats._common.prediction_keys` that ``per_key`` has); predictions
+    no sample takes under any of their keys are an error."""
     samples = []
-    used: set[str] = set()
+    used: set[int] = set()  # the predictions taken, by identity: an image's keys share them
     coco_ids = image_ids(gt) if format == "coco-results" else [None] * len(gt)
     for s, cid in zip(gt.samples, coco_ids, strict=True):
         det = None
         for k in prediction_keys(s, cid):
             if k in per_key:
                 det = per_key[k]
-                used.add(k)
+                used.add(id(det))
                 break
         if det is None:
             det = Detections.empty(with_scores=True)
@@ -47,7 +47,7 @@ def align(p: Path, gt: Dataset, format: str, per_key: dict[str, Detections],
             det = det.with_scores(np.ones(len(det), np.float32))
         samples.append(Sample(s.image, s.width, s.height, det, id=s.id, meta=dict(s.meta)))
     for k in per_key:
-        if k not in used and len(per_key[k]):
+        if id(per_key[k]) not in used and len(per_key[k]):
             ctx.fail(f"{p}: predictions for image {k!r}, which is not in the ground truth")
     meta: dict[str, Any] = {"format": format, "warnings": ctx.warnings}
     if "coco_category_ids" in gt.meta:  # so that save_predictions writes the same ids
