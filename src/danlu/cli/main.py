@@ -19,8 +19,8 @@ from danlu.errors import DanluError
 
 #: command name -> the module of :mod:`danlu.cli` that registers it, in ``--help`` order.
 COMMANDS = {"doctor": "doctor", "data": "data", "train": "train",
-            "pseudo-label": "pseudo_label", "predict": "predict", "demo": "demo",
-            "eval": "eval", "bench": "bench"}
+            "pseudo-label": "pseudo_label", "predict": "predict", "export": "export",
+            "demo": "demo", "eval": "eval", "bench": "bench"}
 _GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
 
 app = typer.Typer(
