@@ -50,10 +50,6 @@ from danlu.structures import Detections
 _NO_SUPPRESSION = 2.0
 _NO_CAP = 1_000_000
 
-#: the suffixes :func:`open_backend` reads as an exported model
-ONNX_SUFFIXES = (".onnx",)
-TORCHSCRIPT_SUFFIXES = (".torchscript", ".ts")
-
 
 @runtime_checkable
 class Backend(Protocol):
@@ -209,10 +205,10 @@ def open_backend(model: Any, device: str | torch.device = "auto", *,
     if options:
         raise ModelError(f"options {sorted(options)} apply to haar: models only")
     path = Path(model)
-    if path.suffix.lower() in ONNX_SUFFIXES + TORCHSCRIPT_SUFFIXES:
-        from danlu.infer.exported import ExportedBackend
+    from danlu.infer import exported  # the suffixes live with their reader
 
-        return ExportedBackend(path, device=device)
+    if path.suffix.lower() in exported.ONNX_SUFFIXES + exported.TORCHSCRIPT_SUFFIXES:
+        return exported.ExportedBackend(path, device=device)
     return TorchBackend.from_checkpoint(path, resolve_device(device), amp=amp)
 
 
@@ -229,4 +225,4 @@ def candidates_at_native_size(backend: Any, arrays: list[np.ndarray], score_thre
 
 
 __all__ = ["Backend", "TorchBackend", "open_backend", "score_threshold_holder",
-           "candidates_at_native_size", "ONNX_SUFFIXES", "TORCHSCRIPT_SUFFIXES"]
+           "candidates_at_native_size"]

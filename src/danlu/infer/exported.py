@@ -46,6 +46,7 @@ from danlu.models.export import TORCHSCRIPT_EXTRA, parse_metadata
 from danlu.models.transform import InputTransform
 from danlu.structures import Detections
 
+#: the suffixes read as an exported model (by `danlu.infer.backend.open_backend` too)
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".torchscript", ".ts")
 
