@@ -37,3 +37,16 @@ def make_dataset(n: int = 6, seed: int = 0, *, integer: bool = True, empty_every
                          flags={f: rng.random(k) < 0.5 for f in flags})
         samples.append(Sample(png_bytes(w, h), w, h, det, id=f"img{i:03d}"))
     return Dataset(samples, list(classes))
+
+
+def train_tiny_checkpoint(folder, img_size: int = 64, seed: int = 2):
+    """``folder/run/best.pt``: fcos-tiny trained one epoch on 8 shape images of
+    ``img_size`` (real, non-degenerate boxes for prediction tests; a few seconds)."""
+    import danlu
+    from danlu.data.synth import synthesize
+
+    ds = synthesize("shapes", num_images=8, seed=seed, image_size=(img_size, img_size),
+                    scale_range=(12, 28), encode=False)
+    danlu.train(ds, epochs=1, out=folder / "run", batch=4, img_size=img_size, device="cpu",
+                val_split=0, plots=False, verbose=False)
+    return folder / "run" / "best.pt"

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from PIL import Image
 
-import danlu
+from _data_fixtures import train_tiny_checkpoint
 from danlu.cli.main import main
 from danlu.data.io import load_predictions
 from danlu.data.synth import synthesize
@@ -21,12 +21,7 @@ from danlu.structures import Dataset, Sample
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    ds = synthesize("shapes", num_images=8, seed=2, image_size=(64, 64), scale_range=(12, 28),
-                    encode=False)
-    out = tmp_path_factory.mktemp("cli-predict") / "run"
-    danlu.train(ds, epochs=1, out=out, batch=4, img_size=64, device="cpu", val_split=0,
-                plots=False, verbose=False)
-    return out / "best.pt"
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("cli-predict"))
 
 
 def _images(folder, n=3, size=(80, 60), seed=0):

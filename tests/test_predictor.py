@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import danlu
+from _data_fixtures import train_tiny_checkpoint
 from danlu.data.synth import synthesize
 from danlu.errors import DatasetError, ModelError
 from danlu.infer.predictor import Predictor, score_threshold_holder
@@ -21,12 +22,7 @@ from danlu.testing import assert_detections_close
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    ds = synthesize("shapes", num_images=8, seed=2, image_size=(64, 64), scale_range=(12, 28),
-                    encode=False)
-    out = tmp_path_factory.mktemp("pred") / "run"
-    danlu.train(ds, epochs=1, out=out, batch=4, img_size=64, device="cpu", val_split=0,
-                plots=False, verbose=False)
-    return out / "best.pt"
+    return train_tiny_checkpoint(tmp_path_factory.mktemp("pred"))
 
 
 def _image(w=150, h=90, seed=0):

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
+from _data_fixtures import train_tiny_checkpoint
 from danlu.infer.postprocess import PostProcess
 from danlu.infer.predictor import Predictor
 from danlu.infer.slicing import (
@@ -146,15 +147,8 @@ def test_one_object_gives_one_box_across_tile_seams(lo, hi):
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A detector trained for one epoch on small shapes: real, non-degenerate boxes."""
-    import danlu
-    from danlu.data.synth import synthesize
-
-    ds = synthesize("shapes", num_images=8, seed=2, image_size=(96, 96), scale_range=(12, 28),
-                    encode=False)
-    out = tmp_path_factory.mktemp("slicing") / "run"
-    danlu.train(ds, epochs=1, out=out, batch=4, img_size=96, device="cpu", val_split=0,
-                plots=False, verbose=False)
-    return Predictor(out / "best.pt", device="cpu", score_threshold=0.05, batch_size=4)
+    ckpt = train_tiny_checkpoint(tmp_path_factory.mktemp("slicing"), img_size=96)
+    return Predictor(ckpt, device="cpu", score_threshold=0.05, batch_size=4)
 
 
 def _texture(seed, w, h):

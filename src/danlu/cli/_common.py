@@ -58,11 +58,8 @@ def info(message: str) -> None:
         sys.stderr.write(message + "\n")
 
 
-def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
-    """Iterate with a rich progress bar on stderr (no bar when not a terminal or quiet)."""
-    if not show_progress():
-        yield from items
-        return
+def _progress(*extra: Any) -> Any:
+    """rich's ``Progress`` on stderr with danlu's columns (``extra`` after the count)."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -72,11 +69,19 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
         TimeRemainingColumn,
     )
 
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), *extra,
+               TimeElapsedColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=_rich_console(), transient=True)
+
+
+def track(items: Iterable[T], description: str, total: int | None = None) -> Iterator[T]:
+    """Iterate with a rich progress bar on stderr (no bar when not a terminal or quiet)."""
+    if not show_progress():
+        yield from items
+        return
     if total is None and hasattr(items, "__len__"):
         total = len(items)  # type: ignore[arg-type]
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_rich_console(), transient=True) as progress:
+    with _progress() as progress:
         task = progress.add_task(description, total=total)
         for item in items:
             yield item
@@ -101,19 +106,9 @@ def counter(description: str, total: int | None, unit: str = "img") -> Iterator[
     if not show_progress():
         yield _Counter(None, None)
         return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
+    from rich.progress import TextColumn
 
-    rate = TextColumn("{task.fields[rate]}")
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), rate,
-               TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=_rich_console(), transient=True) as progress:
+    with _progress(TextColumn("{task.fields[rate]}")) as progress:
         task = progress.add_task(description, total=total, rate="")
 
         class _Rated(_Counter):
