@@ -313,8 +313,8 @@ def sliced_predict(predictor: Any, image: Any, *, slice_size: int | str = "auto"
         windows = slice_windows(w, h, size, overlap)
         stats.width, stats.height, stats.tiles = w, h, len(windows)
         bs = int(batch_size or predictor.batch_size)
-        prepare = (transform.image if transform is not None
-                   else (lambda a: (a, None)))
+        as_arrays = transform is None or bool(predictor.tta)  # whole-image paths per tile
+        prepare = (lambda a: (a, None)) if as_arrays else transform.image
         found: list[Detections] = []
         cuts: list[np.ndarray] = []
         for chunk in _batches(_tiles(raster, windows, prepare, workers, 2 * bs, stats), bs):
@@ -351,9 +351,9 @@ def _tile_detections(predictor: Any, chunk: list[tuple[Window, Any]],
                      score_threshold: float | None) -> list[Detections]:
     """Each tile's final detections (the Predictor's post-processing) in tile pixels."""
     transform = predictor.transform
-    if transform is None:
-        return [predictor.finish(c) for c in
-                predictor.candidates([a for _, (a, _) in chunk], score_threshold)]
+    if transform is None or predictor.tta:  # tiles as arrays: the Predictor's own path
+        arrays = [a for _, (a, _) in chunk]
+        return list(predictor.predict_arrays(arrays, score_threshold, batch_size=len(arrays)))
     batch = torch.stack([t for _, (t, _) in chunk])
     cands = predictor.candidates(batch, score_threshold)
     return [transform.back(predictor.finish(c), frame, drop_outside=True)
