@@ -1,10 +1,12 @@
 """``danlu predict`` as a library call: a Predictor over files, folders, globs and videos.
 
 :func:`predict_sources` reads every input (:func:`danlu.infer.sources.expand_sources`),
-decodes images in a background thread while the model works on the previous batch, predicts
-them in batches, slices the ones larger than the model's input when asked
+predicts the images in batches, slices the ones larger than the model's input when asked
 (:func:`danlu.infer.slicing.sliced_predict`, reading TIFF and PNG by window), and writes
 ``OUT/predictions.json`` (:func:`danlu.infer.outputs.write_outputs` adds other formats).
+
+On an accelerator the next images are decoded in a background thread while the model works;
+on the CPU they are decoded between batches (torch keeps every core busy already).
 
 One bad file never stops a run: an unreadable, truncated or non-image file is recorded in
 ``failed`` with its reason (``strict=True`` raises at the first one instead), and the summary
@@ -93,8 +95,16 @@ def _needs_slicing(path: Path, slice_size: int | str | None, model_size: int | N
     return max(w, h) > 1.5 * (model_size or 1024)
 
 
-def _prefetched(paths: list[Path], ahead: int) -> Iterator[tuple[Path, Future[Any]]]:
-    """Each path with the future of its decoded image, ``ahead`` decodes in flight."""
+def _prefetched(paths: list[Path], ahead: int, threads: int
+                ) -> Iterator[tuple[Path, Future[Any]]]:
+    """Each path with the future of its decoded image, ``ahead`` decodes in flight on a
+    background thread (``threads`` 0: decoded when asked, in the calling thread)."""
+    if threads <= 0:
+        for p in paths:
+            done: Future[Any] = Future()
+            done.set_result(_decode(p))
+            yield p, done
+        return
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="danlu-decode") as pool:
         pending: list[tuple[Path, Future[Any]]] = []
         for p in paths:
@@ -117,8 +127,9 @@ def predict_images(predictor: Any, sources: Sequence[str | Path], *,
     1.5x the model's input, tiles of the model's side). ``progress`` is called with the
     number of images (frames) just finished. Bad files land in ``summary.failed``.
     """
-    from danlu.infer.slicing import sliced_predict
+    from danlu.infer.slicing import reader_threads, sliced_predict
 
+    readers = reader_threads(predictor)  # decoding beside the model only on an accelerator
     summary = summary if summary is not None else RunSummary()
     paths = expand_sources(sources, recursive=recursive)
     model_size = predictor.img_size
@@ -126,7 +137,7 @@ def predict_images(predictor: Any, sources: Sequence[str | Path], *,
 
     def flush() -> Iterator[PredictedImage]:
         batch: list[tuple[Path, np.ndarray]] = []
-        for path, fut in _prefetched(plain, ahead=2 * predictor.batch_size):
+        for path, fut in _prefetched(plain, 2 * predictor.batch_size, readers):
             image, error = fut.result()
             if image is None:
                 _failed(summary, path, error or "unreadable", strict)
