@@ -17,9 +17,15 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# SAHI (the sliced-prediction peer of `danlu bench predict`) without its dependencies: it asks
+# for opencv-python, which would sit beside opencv-python-headless in one cv2 folder; what it
+# imports is installed already.
+SAHI_PIN := sahi==0.12.8
+
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q $(TORCH_PIN)
 	$(BIN)/pip install -q -e '.[dev,bench]'
+	$(BIN)/pip install -q --no-deps $(SAHI_PIN)
 	touch $(VENV)/.installed $@
 
 # redis-server and chromium serve the service and browser tests; skipped when present.
