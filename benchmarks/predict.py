@@ -68,7 +68,9 @@ and hard NMS vs Soft-NMS (linear, gaussian) vs IoU-guided NMS (FCOS centerness a
 localization score) on the demo's test split (100 images; the model never saw them) and on a
 crowded set (100 images of 10-20 objects overlapping up to 0.6 IoU/IoS), COCO AP by danlu's
 evaluation (pycocotools' numbers), from the same candidates (score >= 0.001); ``time`` is the
-suppression alone over all images.
+suppression alone over all images. On the same two sets, whole predictions with and without
+test-time augmentation (``Predictor(tta=True)``: flip, 0.83x and 1.25x, fused by WBF); their
+time includes the forward passes.
 
 Run: ``danlu bench predict`` (about 15 minutes on 2 cores after the one-time training;
 ``--quick``: small sizes, a smoke run whose numbers mean little).
@@ -733,6 +735,15 @@ def nms_method_rows(ckpt: Path, quick: bool) -> list:
                                   seconds=t, reference=(method == "hard"),
                                   note=f"IoU {pp.iou_threshold:g}, sigma {pp.sigma:g}, "
                                        f"<= {pp.max_detections} per image"))
+        # test-time augmentation: whole predictions (4 passes each), against the same hard NMS
+        for tta in (False, True):
+            p = Predictor(ckpt, device="cpu", score_threshold=0.001, batch_size=BATCH, tta=tta)
+            t, preds = _timed(lambda p=p, ds=ds: p.predict_dataset(ds))
+            m = evaluate(ds, preds, protocol="coco").metrics
+            rows.append(MetricRow(case, "hard + TTA (flip, 0.83x, 1.25x; WBF)" if tta else
+                                  "hard, no TTA (whole prediction)",
+                                  {"AP50": float(m["AP50"]), "AP": float(m["AP"])},
+                                  seconds=t, note="time: forward passes included"))
     return rows
 
 
