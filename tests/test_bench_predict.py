@@ -84,7 +84,9 @@ def test_batch_merge_folder_and_nms_rows(ckpt, scene):
     assert len(merge) == 4 and all(r.agree for r in merge)
     _check(bench.folder_rows(ckpt, quick=True, n=3), Row)
     nms = bench.nms_method_rows(ckpt, quick=True)
-    assert {r.method for r in nms} == {"hard", "soft-linear", "soft-gaussian", "iou-guided"}
+    assert {r.method for r in nms} == {"hard", "soft-linear", "soft-gaussian", "iou-guided",
+                                       "hard, no TTA (whole prediction)",
+                                       "hard + TTA (flip, 0.83x, 1.25x; WBF)"}
     assert all(0.0 <= r.metrics["AP50"] <= 1.0 for r in nms)
 
 
