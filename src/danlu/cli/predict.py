@@ -42,11 +42,12 @@ def _class_thresholds(path: Path | None) -> dict[Any, float]:
     return {k: float(v) for k, v in doc.items()}
 
 
-def _total(sources: list[str], recursive: bool, stride: int) -> int | None:
-    from danlu.infer.sources import expand_sources, is_video, video_frame_count
+def _total(paths: list[Path], stride: int) -> int | None:
+    """Images plus video frames to predict (None when a video does not say)."""
+    from danlu.infer.sources import is_video, video_frame_count
 
     total = 0
-    for p in expand_sources(sources, recursive=recursive):
+    for p in paths:
         if is_video(p):
             n = video_frame_count(p, stride)
             if n is None:
@@ -132,10 +133,17 @@ def register(app: typer.Typer) -> None:
         from danlu.infer.predictor import Predictor
         from danlu.infer.run import predict_sources
         from danlu.infer.slicing import dota_merge
+        from danlu.infer.sources import expand_sources
 
         fmts = check_formats(formats)
         tile = _slice(slice_)
-        total = _total(sources, recursive, vid_stride)  # bad paths fail before the model loads
+        if merge not in ("default", "dota"):
+            from danlu.errors import ConfigError
+
+            raise ConfigError(f"--merge {merge!r}: expected default or dota")
+        # walked once, before the model loads: a typo fails at once
+        paths = expand_sources(sources, recursive=recursive)
+        total = _total(paths, vid_stride)
         options: dict[str, Any] = {}
         if model.startswith("haar:"):
             options = {"scale_factor": haar_scale_factor, "min_neighbors": haar_min_neighbors,
@@ -145,12 +153,8 @@ def register(app: typer.Typer) -> None:
                               match=match, class_thresholds=_class_thresholds(class_thresholds),
                               tta=tta, **options)
         merge_pp = dota_merge(iou if iou is not None else 0.3) if merge == "dota" else None
-        if merge not in ("default", "dota"):
-            from danlu.errors import ConfigError
-
-            raise ConfigError(f"--merge {merge!r}: expected default or dota")
         with counter("predict", total) as advance:
-            doc = predict_sources(predictor, sources, out, formats=fmts,
+            doc = predict_sources(predictor, paths, out, formats=fmts,
                                   save_images=save_images, progress=advance, slice_size=tile,
                                   overlap=overlap, full_pass=full_pass, merge=merge_pp,
                                   resolve_cuts=merge != "dota", vid_stride=vid_stride,

@@ -51,22 +51,29 @@ def check_formats(formats: Sequence[str]) -> list[str]:
     return out
 
 
-def _ids(results: Sequence[Any]) -> list[str]:
-    """A unique id per result: the file stem (``<stem>_<frame>`` for video frames)."""
-    used: dict[str, int] = {}
-    ids = []
-    for r in results:
-        stem = r.path.stem if r.frame is None else f"{r.path.stem}_{r.frame:06d}"
-        k = used.get(stem, 0)
-        used[stem] = k + 1
-        ids.append(stem if k == 0 else f"{stem}_{k + 1}")
-    return ids
+class ResultNames:
+    """One distinct file stem per result, in order: the image's stem (``<stem>_<frame>`` for a
+    video frame), ``_2``, ``_3`` ... on a clash. The drawn picture and every written format
+    name a result alike."""
+
+    def __init__(self) -> None:
+        self.used: set[str] = set()
+
+    def __call__(self, result: Any) -> str:
+        p = result.path
+        stem = p.stem if result.frame is None else f"{p.stem}_{result.frame:06d}"
+        name, k = stem, 1
+        while name in self.used:
+            k += 1
+            name = f"{stem}_{k}"
+        self.used.add(name)
+        return name
 
 
 def predictions_dataset(results: Sequence[Any], class_names: Sequence[str]) -> Dataset:
     """The results as a :class:`Dataset` (one sample per image or frame)."""
     samples = [Sample(r.path, r.width, r.height, r.detections, id=i)
-               for r, i in zip(results, _ids(results), strict=True)]
+               for r, i in zip(results, map(ResultNames(), results), strict=True)]
     return Dataset(samples, list(class_names), {"format": "predictions"})
 
 
@@ -144,5 +151,5 @@ def write_outputs(doc: dict[str, Any], results: Sequence[Any], class_names: Sequ
     return written
 
 
-__all__ = ["FORMATS", "check_formats", "write_outputs", "write_dota_results",
+__all__ = ["FORMATS", "ResultNames", "check_formats", "write_outputs", "write_dota_results",
            "dota_result_lines", "predictions_dataset"]

@@ -266,26 +266,23 @@ def predict_sources(predictor: Any, sources: Sequence[str | Path], out: str | Pa
 
 
 class _Drawer:
-    """Writes ``<stem>.png`` per image (``<stem>_<frame>`` for video), names kept unique."""
+    """Writes ``<name>.png`` per result, named by :class:`~danlu.infer.outputs.ResultNames`."""
 
     def __init__(self, folder: Path, class_names: list[str]) -> None:
+        from danlu.infer.outputs import ResultNames
+
         self.folder = folder
         self.class_names = class_names
-        self.used: set[str] = set()
+        self.names = ResultNames()
 
     def __call__(self, item: PredictedImage) -> None:
+        name = self.names(item)  # every result takes its name, drawn or not
         if item.preview is None:
             return
         from PIL import Image
 
         from danlu.data.show import draw_detections
 
-        stem = item.path.stem if item.frame is None else f"{item.path.stem}_{item.frame:06d}"
-        name, k = stem, 1
-        while name in self.used:
-            k += 1
-            name = f"{stem}_{k}"
-        self.used.add(name)
         self.folder.mkdir(parents=True, exist_ok=True)
         det = item.detections
         if item.preview_scale != 1.0:

@@ -28,10 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from danlu.data.formats._common import IMAGE_EXTENSIONS
 from danlu.errors import ConfigError, DatasetError
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
-                            ".jp2", ".ppm", ".pgm"})
+#: the dataset readers' image suffixes, and the few more PIL opens that datasets rarely hold
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS) | {".jp2", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
 
 
