@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -92,7 +93,7 @@ def model_checkpoint(quick: bool = False, verbose: bool = True) -> Path:
     torch.set_num_threads(os.cpu_count() or 1)
     if verbose:
         print(f"bench predict: training fcos-tiny on {len(train_ds)} images "
-              f"(cached in {out})", flush=True)
+              f"(cached in {out})", file=sys.stderr, flush=True)
     train(train_ds, model="fcos-tiny", epochs=s["epochs"], out=out, val=val_ds,
           time=s["time"], img_size=TILE, batch=s["batch"], lr=2e-3, seed=0, device="cpu",
           workers=0, augment="flips", exist_ok=True, plots=False, final_eval=False,
