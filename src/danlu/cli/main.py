@@ -20,6 +20,7 @@ from danlu.errors import DanluError
 #: command name -> the module of :mod:`danlu.cli` that registers it, in ``--help`` order.
 COMMANDS = {"doctor": "doctor", "data": "data", "train": "train",
             "pseudo-label": "pseudo_label", "predict": "predict", "export": "export",
+            "serve": "serve",
             "demo": "demo", "eval": "eval", "bench": "bench"}
 _GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
 

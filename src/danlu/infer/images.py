@@ -43,7 +43,7 @@ from __future__ import annotations
 import io
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -67,6 +67,22 @@ _GUARD_LOCK = threading.Lock()
 ImageSource = str | Path | bytes
 
 
+class NotAnImage(DatasetError):
+    """PIL cannot identify the file (text named ``.jpg``, zero bytes...)."""
+
+
+class UnsupportedImageFormat(DatasetError):
+    """An image, but of a format the caller does not accept."""
+
+
+class ImageTooLarge(DatasetError):
+    """More pixels than ``max_pixels`` (read from the header, before decoding)."""
+
+
+class BrokenImage(DatasetError):
+    """The header was read but the pixels cannot be decoded (truncated, corrupt)."""
+
+
 def _describe(source: ImageSource) -> str:
     """How an error names ``source``: its path, or ``<N bytes>``."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -88,8 +104,10 @@ def _guard_lifted() -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = old
 
 
-def _open(source: ImageSource, where: str, max_pixels: int | None) -> Any:
-    """The opened (not yet decoded) PIL image; DatasetError when it is none or too large."""
+def _open(source: ImageSource, where: str, max_pixels: int | None,
+          formats: Collection[str] | None = None) -> Any:
+    """The opened (not yet decoded) PIL image; DatasetError when it is none, not of
+    ``formats`` (PIL's names, e.g. ``JPEG``) or too large."""
     from PIL import Image, UnidentifiedImageError
 
     fp = io.BytesIO(bytes(source)) if isinstance(source, (bytes, bytearray, memoryview)) \
@@ -102,14 +120,18 @@ def _open(source: ImageSource, where: str, max_pixels: int | None) -> Any:
     except IsADirectoryError as e:
         raise DatasetError(f"{where}: is a folder, not an image file") from e
     except UnidentifiedImageError as e:
-        raise DatasetError(f"{where}: not an image (PIL cannot identify it)",
+        raise NotAnImage(f"{where}: not an image (PIL cannot identify it)",
                            hint="expected a JPEG, PNG, TIFF, BMP, GIF or WebP file") from e
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise DatasetError(f"{where}: cannot read the image header ({e})") from e
+    if formats is not None and im.format not in formats:
+        im.close()
+        raise UnsupportedImageFormat(f"{where}: {im.format} images are not accepted",
+                                     hint="accepted: " + ", ".join(sorted(formats)))
     w, h = im.size
     if max_pixels is not None and w * h > max_pixels:
         im.close()
-        raise DatasetError(f"{where}: too large: {w}x{h} = {w * h} pixels > max_pixels "
+        raise ImageTooLarge(f"{where}: too large: {w}x{h} = {w * h} pixels > max_pixels "
                            f"{max_pixels}", hint="raise max_pixels, or read it by window")
     return im
 
@@ -121,9 +143,9 @@ def _decode(im: Any, where: str) -> None:
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         text = str(e)
         if isinstance(e, EOFError) or "truncated" in text or "broken data" in text:
-            raise DatasetError(f"{where}: truncated image ({text or 'unexpected end'})",
+            raise BrokenImage(f"{where}: truncated image ({text or 'unexpected end'})",
                                hint="the file was cut short: copy or download it again") from e
-        raise DatasetError(f"{where}: cannot decode the {im.format or 'image'} data "
+        raise BrokenImage(f"{where}: cannot decode the {im.format or 'image'} data "
                            f"({text})") from e
 
 
@@ -199,8 +221,8 @@ def pil_to_rgb(im: Any) -> np.ndarray:
         raise DatasetError(f"cannot convert a PIL {mode} image to RGB ({e})") from e
 
 
-def read_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS
-               ) -> np.ndarray:
+def read_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+               formats: Collection[str] | None = None) -> np.ndarray:
     """Decode an image file or encoded bytes to an ``HxWx3`` uint8 RGB array, upright as its
     EXIF orientation says (the module doc has every rule).
 
@@ -208,16 +230,19 @@ def read_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXE
         source: a path, or the encoded bytes of an image file.
         max_pixels: refuse files with more than this many pixels (width * height); None: no
             cap. PIL's own guard (``Image.MAX_IMAGE_PIXELS``) is lifted for this read only.
+        formats: accept only these PIL formats (``JPEG``, ``PNG``...); None: any.
 
     Returns:
         ``HxWx3`` uint8 RGB; ``H, W`` are the displayed size (swapped for orientations 5-8).
 
     Raises:
-        DatasetError: no such file, not an image, truncated, undecodable, or too large; the
-            message starts with the path (or ``<N bytes>``).
+        DatasetError: no such file, not an image (:class:`NotAnImage`), another format
+            (:class:`UnsupportedImageFormat`), too large (:class:`ImageTooLarge`), truncated
+            or undecodable (:class:`BrokenImage`); the message starts with the path (or
+            ``<N bytes>``).
     """
     where = _describe(source)
-    im = _open(source, where, max_pixels)
+    im = _open(source, where, max_pixels, formats)
     try:
         _decode(im, where)
         try:
@@ -241,4 +266,4 @@ def try_read_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_
 
 
 __all__ = ["read_image", "try_read_image", "pil_to_rgb", "DEFAULT_MAX_PIXELS", "MODES_16BIT",
-           "ImageSource"]
+           "ImageSource", "NotAnImage", "UnsupportedImageFormat", "ImageTooLarge", "BrokenImage"]

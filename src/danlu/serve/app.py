@@ -1,0 +1,162 @@
+"""The FastAPI application: routes, the web page, the token, CORS and the metrics.
+
+``create_app(config)`` builds it for one process; ``app_from_env()`` is the factory each
+uvicorn worker calls (``danlu serve --workers N``), reading the settings the parent put in the
+environment. The model is loaded and warmed in the lifespan, before the first request.
+
+Example:
+    >>> from danlu.serve.app import create_app          # doctest: +SKIP
+    >>> from danlu.serve.config import ServeConfig      # doctest: +SKIP
+    >>> app = create_app(ServeConfig("runs/demo/best.pt"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import FileResponse, HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.responses import Response
+
+from danlu.serve import detect as detect_routes
+from danlu.serve.config import ServeConfig
+from danlu.serve.engine import Engine
+from danlu.serve.middleware import CountRequests, TokenAuth
+from danlu.serve.service import Service
+
+STATIC = Path(__file__).parent / "static"
+_Opt = Annotated[str | None, Query()]
+
+_IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
+_DETECT_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary"}}}},
+    **{t: _IMAGE_BODY for t in ("image/jpeg", "image/png", "image/webp", "image/tiff")}}}}
+_BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
+    "schema": {"type": "object", "required": ["images"], "properties": {"images": {
+        "type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+
+
+def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
+    """The service's ASGI application (the model loads when the app starts).
+
+    Args:
+        config: the settings.
+        engine: an already-built :class:`Engine` (tests); None: built from ``config``.
+    """
+    service = Service(config, engine)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(title="danlu serve", version=_version(), lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Object detection over HTTP. `POST /v1/detect` "
+                  "with an image; the page at `/` does it in a browser.")
+    app.state.service = service
+    _routes(app, service)
+    _docs(app)  # before /static: its /static/swagger mount must match first
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    if config.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins),
+                           allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    if config.token:
+        app.add_middleware(TokenAuth, token=config.token, metrics=service.metrics)
+    app.add_middleware(CountRequests, metrics=service.metrics)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """The factory a uvicorn worker calls (``danlu serve`` sets the environment)."""
+    return create_app(ServeConfig.from_env())
+
+
+def _version() -> str:
+    from danlu import __version__
+
+    return __version__
+
+
+def _routes(app: FastAPI, service: Service) -> None:
+    json = detect_routes.json_response
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz() -> Response:
+        return json({"status": "alive"})
+
+    @app.get("/readyz", summary="Readiness: model loaded and warmed, not draining")
+    async def readyz() -> Response:
+        ready = service.state == "ready"
+        return json({"status": service.state}, 200 if ready else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics() -> Response:
+        if service.batcher is not None:
+            service.metrics.queue_depth.set(service.batcher.queue_depth)
+        body, ctype = service.metrics.render()
+        return Response(body, media_type=ctype)
+
+    @app.get("/v1/model", summary="The model: classes, input size, version, checkpoint hash")
+    async def model() -> Response:
+        if service.engine is None:
+            return json({"error": {"status": 503, "code": "loading",
+                                   "message": "the model is loading"}}, 503)
+        return json(service.engine.describe())
+
+    @app.post("/v1/detect", summary="Detect objects in one image", openapi_extra=_DETECT_BODY)
+    async def detect(request: Request, score_threshold: _Opt = None, classes: _Opt = None,
+                     max_detections: _Opt = None, slice: _Opt = None,  # noqa: A002
+                     overlap: _Opt = None) -> Response:
+        """Send the image as multipart field `image`, or as the raw body with an image
+        content type. Options (query, or form fields): `score_threshold` (0-1), `classes`
+        (comma-separated names or ids), `max_detections`, `slice` (tile side in pixels, or
+        `auto`, for big images), `overlap` (0-0.95). Boxes are `[x1, y1, x2, y2]` in the
+        image's pixels, upright as its EXIF orientation says."""
+        return await detect_routes.detect(service, request)
+
+    @app.post("/v1/detect/batch", summary="Detect objects in several images",
+              openapi_extra=_BATCH_BODY)
+    async def detect_batch(request: Request, score_threshold: _Opt = None,
+                           classes: _Opt = None, max_detections: _Opt = None,
+                           slice: _Opt = None, overlap: _Opt = None) -> Response:  # noqa: A002
+        """One multipart field `images` per image; the same options as `/v1/detect`. Each
+        image answers, or fails alone with its own `error`."""
+        return await detect_routes.detect_batch(service, request)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Any:
+        return FileResponse(STATIC / "index.html")
+
+
+def _docs(app: FastAPI) -> None:
+    """Swagger UI at ``/docs`` from local files (swagger-ui-bundle) when installed."""
+    from fastapi.openapi.docs import get_swagger_ui_html
+
+    try:
+        import swagger_ui_bundle
+
+        app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path),
+                  name="swagger")
+        urls = {"swagger_js_url": "/static/swagger/swagger-ui-bundle.js",
+                "swagger_css_url": "/static/swagger/swagger-ui.css",
+                "swagger_favicon_url": "/static/swagger/favicon-32x32.png"}
+    except ImportError:  # FastAPI's default: the CDN
+        urls = {}
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="danlu serve API", **urls)
+
+
+__all__ = ["create_app", "app_from_env", "STATIC"]
