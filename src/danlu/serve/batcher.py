@@ -80,6 +80,7 @@ class DynamicBatcher:
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="danlu-model")
+        self._model_free: asyncio.Lock | None = None  # held while the model thread works
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -110,6 +111,7 @@ class DynamicBatcher:
     def start(self) -> None:
         """Start the dispatch loop on the running event loop."""
         self._wake = asyncio.Event()
+        self._model_free = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="danlu-batcher")
 
     async def stop(self) -> None:
@@ -126,9 +128,16 @@ class DynamicBatcher:
         self._pending.clear()
         self._model_thread.shutdown(wait=True)
 
-    def run_in_model_thread(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future:
-        """Run ``fn(*args)`` on the model thread, between batches (e.g. a sliced request)."""
-        return asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+    async def run_in_model_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the model thread, between batches (e.g. a sliced request);
+        batches wait meanwhile, and keep forming, so nothing queued is committed to a model
+        call before the model is free."""
+        assert self._model_free is not None, "the batcher is not started"
+        await self._model_free.acquire()
+        future = asyncio.get_running_loop().run_in_executor(self._model_thread, fn, *args)
+        # released when the thread is done, not when the caller stops waiting (a deadline)
+        future.add_done_callback(lambda _: self._model_free.release())
+        return await asyncio.shield(future)
 
     async def submit(self, item: Any) -> tuple[Any, BatchInfo]:
         """Queue ``item``; returns ``(its result, its BatchInfo)``. Cancelling the awaiting
@@ -160,26 +169,36 @@ class DynamicBatcher:
         except TimeoutError:
             pass
 
-    async def _next_batch(self) -> tuple[list[_Job], str]:
+    async def _first(self) -> None:
+        """Wait until a live item is queued."""
         while True:
             self._drop_cancelled()
             if self._pending:
-                break
+                return
             await self._wait(None)
+
+    async def _next_batch(self) -> tuple[list[_Job], str]:
+        """The next batch and why it leaves; empty when every queued item was cancelled
+        (the caller holds the model: it must not wait for new items here)."""
+        self._drop_cancelled()
+        if not self._pending:
+            return [], ""
         deadline = self._pending[0].enqueued + self.max_wait_s
         while True:
             live = self._live()
+            if live == 0:
+                return [], ""
             if live >= self.max_batch:
                 reason = "full"
                 break
-            if live and self._incoming == 0:
+            if self._incoming == 0:
                 reason = "idle"
                 break
             left = deadline - time.perf_counter()
-            if live and left <= 0:
+            if left <= 0:
                 reason = "timeout"
                 break
-            await self._wait(left if live else None)
+            await self._wait(left)
             self._drop_cancelled()
             if self._pending:
                 deadline = min(deadline, self._pending[0].enqueued + self.max_wait_s)
@@ -191,35 +210,41 @@ class DynamicBatcher:
         return jobs, reason
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        assert self._model_free is not None
         while True:
-            jobs, reason = await self._next_batch()
-            if not jobs:
-                continue
-            started = time.perf_counter()
-            self.reasons[reason] += 1
-            try:
-                results = await loop.run_in_executor(self._model_thread, self.run_batch,
-                                                     [j.item for j in jobs])
-                if len(results) != len(jobs):
-                    raise RuntimeError(f"run_batch returned {len(results)} results for "
-                                       f"{len(jobs)} items")
-            except asyncio.CancelledError:
-                for job in jobs:
-                    job.future.cancel()
-                raise
-            except Exception as e:  # noqa: BLE001 - handed to each request of the batch
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
-            took = time.perf_counter() - started
-            if self.on_batch is not None:
-                self.on_batch(BatchInfo(len(jobs), reason, started - jobs[0].enqueued), took)
-            for job, result in zip(jobs, results, strict=True):
+            await self._first()
+            async with self._model_free:
+                await self._run_one_batch()
+
+    async def _run_one_batch(self) -> None:
+        loop = asyncio.get_running_loop()
+        jobs, reason = await self._next_batch()
+        if not jobs:
+            return
+        started = time.perf_counter()
+        self.reasons[reason] += 1
+        try:
+            results = await loop.run_in_executor(self._model_thread, self.run_batch,
+                                                 [j.item for j in jobs])
+            if len(results) != len(jobs):
+                raise RuntimeError(f"run_batch returned {len(results)} results for "
+                                   f"{len(jobs)} items")
+        except asyncio.CancelledError:
+            for job in jobs:
+                job.future.cancel()
+            raise
+        except Exception as e:  # noqa: BLE001 - handed to each request of the batch
+            for job in jobs:
                 if not job.future.done():
-                    job.future.set_result(
-                        (result, BatchInfo(len(jobs), reason, started - job.enqueued)))
+                    job.future.set_exception(e)
+            return
+        took = time.perf_counter() - started
+        if self.on_batch is not None:
+            self.on_batch(BatchInfo(len(jobs), reason, started - jobs[0].enqueued), took)
+        for job, result in zip(jobs, results, strict=True):
+            if not job.future.done():
+                job.future.set_result(
+                    (result, BatchInfo(len(jobs), reason, started - job.enqueued)))
 
 
 __all__ = ["DynamicBatcher", "BatchInfo", "REASONS"]

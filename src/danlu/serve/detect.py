@@ -38,10 +38,21 @@ def problem_response(problem: RequestProblem) -> Response:
 
 
 class _Stage:
-    """Where a request is (for the 504 and the timings)."""
+    """Where a request is (for the 504): ``queue`` becomes ``infer`` once its batch runs."""
 
     def __init__(self) -> None:
-        self.name = "admit"
+        self._name = "admit"
+        self.item: Prepared | None = None
+
+    @property
+    def name(self) -> str:
+        if self._name == "queue" and self.item is not None and self.item.dispatched:
+            return "infer"
+        return self._name
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -136,6 +147,7 @@ async def _answer(service: Service, item: Prepared, stage: _Stage, started: floa
                   ) -> dict[str, Any]:
     """A decoded image through queue and model -> its 200 document."""
     stage.name = "queue"
+    stage.item = item
     outcome, info = await service.infer(item)
     stage.name = "respond"
     return _document(service, item, outcome, info, started)

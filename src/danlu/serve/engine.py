@@ -56,6 +56,7 @@ class Prepared:
     tensor: Any = None  # uint8 [3, S, S] for a model with an input transform
     frame: Any = None
     array: np.ndarray | None = None  # HxWx3 for transform-less models and sliced requests
+    dispatched: bool = False  # set on the model thread when its batch starts
 
 
 @dataclass
@@ -168,6 +169,8 @@ class Engine:
     def run_batch(self, items: list[Prepared]) -> list[Outcome]:
         """One model call for ``items`` (all without ``slice_size``), then each one's
         post-processing."""
+        for it in items:
+            it.dispatched = True
         if not self._batched:
             return self._run_whole(items)
         import torch
@@ -200,6 +203,7 @@ class Engine:
         from danlu.infer.slicing import SliceStats, sliced_predict
 
         stats = SliceStats()
+        item.dispatched = True
         t0 = time.perf_counter()
         det = sliced_predict(self.predictor, item.array, slice_size=item.options.slice_size,
                              overlap=item.options.overlap,

@@ -23,8 +23,13 @@ class Metrics:
     """The service's counters, histograms and gauges (names in the docs, ``danlu_*``)."""
 
     def __init__(self) -> None:
-        from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram,
-                                       disable_created_metrics)
+        from prometheus_client import (
+            CollectorRegistry,
+            Counter,
+            Gauge,
+            Histogram,
+            disable_created_metrics,
+        )
 
         disable_created_metrics()  # the *_created series double the text for no use here
         self.multiprocess = bool(os.environ.get(MULTIPROC_ENV))
@@ -50,6 +55,8 @@ class Metrics:
                                  registry=reg, **gauge)
         self.in_flight = Gauge("danlu_in_flight", "admitted requests not yet answered",
                                registry=reg, **gauge)
+        self.model_busy = Gauge("danlu_model_busy", "1 while the model runs (summed over "
+                                "workers: how many are busy)", registry=reg, **gauge)
 
     def render(self) -> tuple[bytes, str]:
         """The exposition text and its content type."""

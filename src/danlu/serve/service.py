@@ -42,13 +42,23 @@ class Service:
         self.pool = ThreadPoolExecutor(self.config.threads, thread_name_prefix="danlu-decode")
         if self.engine is None:
             self.engine = await asyncio.to_thread(Engine, self.config)
-        self.batcher = DynamicBatcher(self.engine.run_batch, max_batch=self.config.max_batch,
+        self.batcher = DynamicBatcher(self._run_batch, max_batch=self.config.max_batch,
                                       max_wait_s=self.config.max_wait_ms / 1000.0,
                                       on_batch=self._on_batch)
         self.batcher.start()
         if self.config.warmup:
             await self.batcher.run_in_model_thread(self.engine.warmup)
         self.state = "ready"
+
+    def _run_batch(self, items: list[Prepared]) -> list[Outcome]:
+        assert self.engine is not None
+        with self.metrics.model_busy.track_inprogress():
+            return self.engine.run_batch(items)
+
+    def _run_sliced(self, item: Prepared) -> Outcome:
+        assert self.engine is not None
+        with self.metrics.model_busy.track_inprogress():
+            return self.engine.run_sliced(item)
 
     async def stop(self) -> None:
         if self.batcher is not None:
@@ -113,7 +123,7 @@ class Service:
         assert self.batcher is not None and self.engine is not None
         if item.options.slice_size is not None:
             t0 = time.perf_counter()
-            outcome = await self.batcher.run_in_model_thread(self.engine.run_sliced, item)
+            outcome = await self.batcher.run_in_model_thread(self._run_sliced, item)
             waited = time.perf_counter() - t0 - outcome.infer_s
             return outcome, BatchInfo(1, "sliced", max(0.0, waited))
         self.metrics.queue_depth.set(self.batcher.queue_depth + 1)
