@@ -56,3 +56,27 @@ def metric(text: str, name: str, **labels: str) -> float:
         if base == name and (not want or rest.rstrip("}") == want):
             total += float(value)
     return total
+
+
+def rows(det) -> list[tuple]:
+    """Detections -> ``(score, label, x1, y1, x2, y2)`` tuples."""
+    return [(float(s), int(lab), *b.tolist())
+            for b, lab, s in zip(det.xyxy, det.labels, det.scores, strict=True)]
+
+
+def same(a: list[tuple], b: list[tuple], box_tol: float = 0.06) -> bool:
+    """The same detections, in any order: each of ``a`` pairs with one of ``b`` of the same
+    label, score within 2e-3 and box within ``box_tol`` px (the JSON rounds to 2 decimals;
+    a batch of several images differs from one image alone in the last float bits)."""
+    if len(a) != len(b):
+        return False
+    left = list(b)
+    for row in a:
+        for j, other in enumerate(left):
+            if (row[1] == other[1] and abs(row[0] - other[0]) <= 2e-3
+                    and np.allclose(row[2:], other[2:], atol=box_tol)):
+                del left[j]
+                break
+        else:
+            return False
+    return True

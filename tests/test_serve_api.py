@@ -17,6 +17,7 @@ from tests._serve_fixtures import (  # noqa: E402
     exif_rotated_jpeg,
     metric,
     png_claiming,
+    same,
     scene,
 )
 
@@ -59,23 +60,6 @@ def expected(oracle, data: bytes, threshold: float = THR) -> list[tuple]:
 
 def got(doc: dict) -> list[tuple]:
     return sorted((d["score"], d["label"], *d["box"]) for d in doc["detections"])
-
-
-def same(a: list[tuple], b: list[tuple]) -> bool:
-    """The same detections, in any order: each of ``a`` pairs with one of ``b`` of the same
-    label, score within 2e-3 and box within 0.06 px (the JSON rounds to 2 decimals)."""
-    if len(a) != len(b):
-        return False
-    left = list(b)
-    for row in a:
-        for j, other in enumerate(left):
-            if (row[1] == other[1] and abs(row[0] - other[0]) <= 2e-3
-                    and np.allclose(row[2:], other[2:], atol=0.06)):
-                del left[j]
-                break
-        else:
-            return False
-    return True
 
 
 def test_health_ready_model_and_docs(client, ckpt):

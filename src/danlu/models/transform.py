@@ -75,8 +75,9 @@ class InputTransform:
         nw, nh = resized_shape(int(width), int(height), self.size, self.mode)
         return Frame(int(width), int(height), (nw / width, nh / height))
 
-    def image(self, image: np.ndarray) -> tuple[torch.Tensor, Frame]:
-        """An ``HxW``, ``HxWx3`` or ``HxWx4`` uint8 image -> ``(uint8 [3, size, size], frame)``."""
+    def array(self, image: np.ndarray) -> tuple[np.ndarray, Frame]:
+        """An ``HxW``, ``HxWx3`` or ``HxWx4`` uint8 image -> ``(uint8 [size, size, 3], frame)``,
+        with numpy and PIL only (no torch: safe in any thread, e.g. a decode pool)."""
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
         elif image.shape[2] == 4:
@@ -88,10 +89,14 @@ class InputTransform:
             from danlu.data.pack import resize_image
 
             out, scale = resize_image(image, self.size, self.mode, self.pad_value)
-        out = np.ascontiguousarray(out)
+        return np.ascontiguousarray(out), Frame(w, h, scale)
+
+    def image(self, image: np.ndarray) -> tuple[torch.Tensor, Frame]:
+        """An ``HxW``, ``HxWx3`` or ``HxWx4`` uint8 image -> ``(uint8 [3, size, size], frame)``."""
+        out, frame = self.array(image)
         if not out.flags.writeable:  # e.g. PIL's buffer: torch wants memory it may write
             out = out.copy()
-        return torch.from_numpy(out).permute(2, 0, 1).contiguous(), Frame(w, h, scale)
+        return torch.from_numpy(out).permute(2, 0, 1).contiguous(), frame
 
     def boxes(self, det: Detections, frame: Frame) -> Detections:
         """Detections in the original image -> the same in the model's square."""

@@ -65,11 +65,13 @@ class DynamicBatcher:
         max_wait_s: the longest the oldest item waits for the batch to fill.
         on_batch: called on the event loop with each dispatched :class:`BatchInfo`
             (``queue_s`` is the oldest item's wait) and the batch's run time in seconds.
+        model_thread: the one-thread executor the model runs on (None: a new one).
     """
 
     def __init__(self, run_batch: Callable[[list[Any]], Sequence[Any]], *, max_batch: int = 16,
                  max_wait_s: float = 0.005,
-                 on_batch: Callable[[BatchInfo, float], None] | None = None) -> None:
+                 on_batch: Callable[[BatchInfo, float], None] | None = None,
+                 model_thread: ThreadPoolExecutor | None = None) -> None:
         self.run_batch = run_batch
         self.max_batch = int(max_batch)
         self.max_wait_s = float(max_wait_s)
@@ -79,7 +81,7 @@ class DynamicBatcher:
         self._incoming = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="danlu-model")
+        self._model_thread = model_thread or ThreadPoolExecutor(1, thread_name_prefix="danlu-model")
         self._model_free: asyncio.Lock | None = None  # held while the model thread works
 
     # -- state -----------------------------------------------------------------------------------

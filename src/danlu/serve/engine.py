@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,7 @@ class Prepared:
     width: int
     height: int
     decode_s: float
-    tensor: Any = None  # uint8 [3, S, S] for a model with an input transform
+    tensor: np.ndarray | None = None  # uint8 [S, S, 3] letterboxed, for a model with a transform
     frame: Any = None
     array: np.ndarray | None = None  # HxWx3 for transform-less models and sliced requests
     dispatched: bool = False  # set on the model thread when its batch starts
@@ -83,9 +84,27 @@ def file_sha256(path: Path) -> str | None:
 class Engine:
     """A :class:`~danlu.infer.predictor.Predictor` split into the service's stages.
 
+    Every torch call happens on one thread, :attr:`thread` (build with :meth:`open`): torch's
+    CPU kernels keep one OpenMP team per calling thread, and two teams on the same cores
+    measured 2-3x slower than one. The decode pool uses numpy and PIL only.
+
     Args:
         config: the service settings (the model, the device, the limits).
     """
+
+    thread: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def open(cls, config: ServeConfig) -> Engine:
+        """Build the engine on a new model thread of its own (kept as :attr:`thread`)."""
+        thread = ThreadPoolExecutor(1, thread_name_prefix="danlu-model")
+        try:
+            engine = thread.submit(cls, config).result()
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        engine.thread = thread
+        return engine
 
     def __init__(self, config: ServeConfig) -> None:
         from danlu.infer.predictor import Predictor
@@ -161,7 +180,7 @@ class Engine:
         if options.slice_size is not None or not self._batched:
             item.array = array
         else:
-            item.tensor, item.frame = transform.image(array)
+            item.tensor, item.frame = transform.array(array)  # HxWx3; torch on the model thread
         item.decode_s = time.perf_counter() - t0
         return item
 
@@ -178,7 +197,8 @@ class Engine:
         p = self.predictor
         low = min(it.options.score_threshold for it in items)
         t0 = time.perf_counter()
-        cands = p.candidates(torch.stack([it.tensor for it in items]), low)
+        batch = torch.from_numpy(np.stack([it.tensor for it in items]))
+        cands = p.candidates(batch.permute(0, 3, 1, 2).contiguous(), low)
         infer_s = time.perf_counter() - t0
         out = []
         for it, cand in zip(items, cands, strict=True):
@@ -213,13 +233,18 @@ class Engine:
         return Outcome(_select(det, item.options), took, 0.0, {"tiles": stats.tiles})
 
     def warmup(self) -> None:
-        """One batch of the full size, so the first request does not pay for lazy setup
-        (allocator, numba kernels, ONNX sessions)."""
+        """One batch of the full size and one suppression of overlapping boxes, so the first
+        request does not pay for lazy setup (allocator, ONNX sessions, the numba kernels: a
+        blank batch has no candidates to suppress, hence the made-up ones)."""
+        boxes = np.array([[0, 0, 10, 10], [1, 1, 11, 11], [20, 20, 30, 30]], np.float32)
+        labels = np.minimum([0, 0, 1], max(0, len(self.class_names) - 1))
+        made_up = Detections(boxes, labels, scores=np.array([0.9, 0.8, 0.7], np.float32))
+        self.predictor.finish(made_up)
         gray = np.full((32, 48, 3), 114, np.uint8)
         opts = DetectOptions(self.config.score_threshold)
         item = Prepared(opts, 48, 32, 0.0, array=gray)
         if self._batched:
-            item.tensor, item.frame = self.predictor.transform.image(gray)
+            item.tensor, item.frame = self.predictor.transform.array(gray)
         self.run_batch([item] * self.config.max_batch)
 
 

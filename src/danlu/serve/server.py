@@ -104,7 +104,7 @@ def bind(host: str, port: int) -> socket.socket:
 def load_engine(config: ServeConfig) -> Engine:
     """Build the model once in the calling process, so a bad MODEL is one clear error before
     any server starts."""
-    return Engine(config)
+    return Engine.open(config)
 
 
 def _uvicorn_config(app: Any, config: ServeConfig, log_level: str) -> uvicorn.Config:

@@ -41,10 +41,11 @@ class Service:
         self._drained.set()
         self.pool = ThreadPoolExecutor(self.config.threads, thread_name_prefix="danlu-decode")
         if self.engine is None:
-            self.engine = await asyncio.to_thread(Engine, self.config)
+            self.engine = await asyncio.to_thread(Engine.open, self.config)
         self.batcher = DynamicBatcher(self._run_batch, max_batch=self.config.max_batch,
                                       max_wait_s=self.config.max_wait_ms / 1000.0,
-                                      on_batch=self._on_batch)
+                                      on_batch=self._on_batch,
+                                      model_thread=self.engine.thread)
         self.batcher.start()
         if self.config.warmup:
             await self.batcher.run_in_model_thread(self.engine.warmup)
