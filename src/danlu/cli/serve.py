@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
 
         Requests are batched dynamically (by --max-batch and --max-wait-ms); uploads are
         checked (size, format, pixels) before decoding; SIGTERM drains. Example:
-        danlu serve runs/demo/best.pt --port 8000, then
+        danlu serve runs/demo/train/best.pt --port 8000, then
         curl -F image=@photo.jpg http://127.0.0.1:8000/v1/detect
         """
         require_serve_extra()

@@ -232,6 +232,19 @@ class Engine:
         took = time.perf_counter() - t0
         return Outcome(_select(det, item.options), took, 0.0, {"tiles": stats.tiles})
 
+    def warm_decoders(self) -> None:
+        """Decode a tiny JPEG and PNG (in a pool thread: PIL loads its plugins lazily)."""
+        import io
+
+        from PIL import Image
+
+        opts = DetectOptions(self.config.score_threshold)
+        for fmt in ("JPEG", "PNG"):
+            if fmt in self.config.formats:
+                buf = io.BytesIO()
+                Image.new("RGB", (40, 30), (90, 120, 150)).save(buf, fmt)
+                self.prepare(buf.getvalue(), opts)
+
     def warmup(self) -> None:
         """One batch of the full size and one suppression of overlapping boxes, so the first
         request does not pay for lazy setup (allocator, ONNX sessions, the numba kernels: a

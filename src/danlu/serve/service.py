@@ -49,6 +49,7 @@ class Service:
         self.batcher.start()
         if self.config.warmup:
             await self.batcher.run_in_model_thread(self.engine.warmup)
+            await self.in_pool(self.engine.warm_decoders)
         self.state = "ready"
 
     def _run_batch(self, items: list[Prepared]) -> list[Outcome]:
