@@ -189,3 +189,25 @@ def test_submit_before_start_is_an_error():
             await DynamicBatcher(lambda xs: xs).submit(1)
 
     run(main())
+
+
+def test_a_busy_service_waits_for_the_clients_it_just_answered():
+    rec = Recorder()
+
+    async def main():
+        b = DynamicBatcher(rec, max_batch=8, max_wait_s=0.2)
+        b.start()
+        await asyncio.gather(*(b.submit(i) for i in (0, 1)))  # a batch of two: busy
+        late = asyncio.ensure_future(b.submit(2))
+        await asyncio.sleep(0.05)  # the other client comes back within max_wait
+        other = asyncio.ensure_future(b.submit(3))
+        outs = await asyncio.gather(late, other)
+        lone = await b.submit(4)  # after a batch of two, a lone request waits it out
+        alone = await b.submit(5)  # ... but the service is quiet again: no wait
+        await b.stop()
+        return outs, lone, alone
+
+    (a, c), lone, alone = run(main())
+    assert rec.batches[-3:] == [[2, 3], [4], [5]]
+    assert a[1].size == 2 and a[1].reason == "timeout"
+    assert lone[1].reason == "timeout" and alone[1].reason == "idle"

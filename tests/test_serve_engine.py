@@ -78,12 +78,17 @@ def test_describe_names_the_model(engine, ckpt):
 
 
 def test_open_builds_on_its_own_thread(ckpt):
+    import os
     import threading
 
-    e = Engine.open(ServeConfig(str(ckpt), device="cpu"))
+    e = Engine.open(ServeConfig(str(ckpt), device="cpu", model_nice=5))
     try:
         assert e.thread is not None
         name = e.thread.submit(lambda: threading.current_thread().name).result()
         assert name.startswith("danlu-model")
+        if hasattr(os, "getpriority"):  # the model thread runs 5 nice levels lower
+            mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            tid = e.thread.submit(threading.get_native_id).result()
+            assert os.getpriority(os.PRIO_PROCESS, tid) == min(19, mine + 5)
     finally:
         e.thread.shutdown()

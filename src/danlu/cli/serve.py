@@ -54,6 +54,9 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
         cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow browser "
                                               "calls from this origin (repeat; off by default)."),
+        model_nice: int = typer.Option(10, "--model-nice", help="Run the model at this much "
+                                       "lower CPU priority (Linux nice), so HTTP work never "
+                                       "waits behind it for a core."),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     ) -> None:
         """Serve a detector over HTTP: POST /v1/detect, a web page at /, metrics at /metrics.
@@ -72,7 +75,8 @@ def register(app: typer.Typer) -> None:
             max_wait_ms=max_wait_ms, max_queue=max_queue, timeout_s=timeout_s, drain_s=drain_s,
             max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
             token=token or os.environ.get(ENV_TOKEN) or None,
-            cors_origins=tuple(cors_origin or ()), host=host, port=port, workers=workers)
+            cors_origins=tuple(cors_origin or ()), host=host, port=port, workers=workers,
+            model_nice=model_nice)
         info(f"loading {model} ...")
         engine = load_engine(config)
         if host not in ("127.0.0.1", "localhost", "::1") and not config.token:

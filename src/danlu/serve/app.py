@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
@@ -29,16 +29,29 @@ from danlu.serve.middleware import CountRequests, TokenAuth
 from danlu.serve.service import Service
 
 STATIC = Path(__file__).parent / "static"
-_Opt = Annotated[str | None, Query()]
-
+# The detect routes read their options and body themselves (admission comes before the body
+# is read, and FastAPI's parameter machinery costs CPU on every request): the schema says
+# what they take.
+_PARAMS = [
+    {"name": "score_threshold", "in": "query", "schema": {"type": "number", "minimum": 0,
+     "maximum": 1}, "description": "the lowest score returned"},
+    {"name": "classes", "in": "query", "schema": {"type": "string"},
+     "description": "keep only these classes: comma-separated names or ids"},
+    {"name": "max_detections", "in": "query", "schema": {"type": "integer", "minimum": 1},
+     "description": "the most detections returned, best first"},
+    {"name": "slice", "in": "query", "schema": {"type": "string"},
+     "description": "predict tile by tile: the tile side in pixels, or 'auto'"},
+    {"name": "overlap", "in": "query", "schema": {"type": "number", "minimum": 0,
+     "maximum": 0.95}, "description": "the fraction a tile shares with its neighbour"},
+]
 _IMAGE_BODY = {"schema": {"type": "string", "format": "binary"}}
-_DETECT_BODY = {"requestBody": {"required": True, "content": {
+_DETECT_BODY = {"parameters": _PARAMS, "requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
         "image": {"type": "string", "format": "binary"}}}},
     **{t: _IMAGE_BODY for t in ("image/jpeg", "image/png", "image/webp", "image/tiff")}}}}
-_BATCH_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {
-    "schema": {"type": "object", "required": ["images"], "properties": {"images": {
-        "type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
+_BATCH_BODY = {"parameters": _PARAMS, "requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["images"], "properties": {
+        "images": {"type": "array", "items": {"type": "string", "format": "binary"}}}}}}}}
 
 
 def create_app(config: ServeConfig, engine: Engine | None = None) -> FastAPI:
@@ -115,9 +128,7 @@ def _routes(app: FastAPI, service: Service) -> None:
         return json(service.engine.describe())
 
     @app.post("/v1/detect", summary="Detect objects in one image", openapi_extra=_DETECT_BODY)
-    async def detect(request: Request, score_threshold: _Opt = None, classes: _Opt = None,
-                     max_detections: _Opt = None, slice: _Opt = None,  # noqa: A002
-                     overlap: _Opt = None) -> Response:
+    async def detect(request: Request) -> Response:
         """Send the image as multipart field `image`, or as the raw body with an image
         content type. Options (query, or form fields): `score_threshold` (0-1), `classes`
         (comma-separated names or ids), `max_detections`, `slice` (tile side in pixels, or
@@ -127,9 +138,7 @@ def _routes(app: FastAPI, service: Service) -> None:
 
     @app.post("/v1/detect/batch", summary="Detect objects in several images",
               openapi_extra=_BATCH_BODY)
-    async def detect_batch(request: Request, score_threshold: _Opt = None,
-                           classes: _Opt = None, max_detections: _Opt = None,
-                           slice: _Opt = None, overlap: _Opt = None) -> Response:  # noqa: A002
+    async def detect_batch(request: Request) -> Response:
         """One multipart field `images` per image; the same options as `/v1/detect`. Each
         image answers, or fails alone with its own `error`."""
         return await detect_routes.detect_batch(service, request)

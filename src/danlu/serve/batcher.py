@@ -3,9 +3,16 @@
 A batch is dispatched, as soon as the model is free, for one of three reasons (each counted):
 
 * ``full``: ``max_batch`` requests are waiting;
-* ``timeout``: the oldest waiting request has waited ``max_wait_s``;
-* ``idle``: no other admitted request is still on its way (being read or decoded), so waiting
-  could not make the batch bigger. One client alone never pays the wait.
+* ``timeout``: the batch has waited ``max_wait_s`` to fill, counted from when the model became
+  free (or from its first request's arrival, if that came later);
+* ``idle``: the service is not busy (the last batch held one request and none arrived while it
+  ran) and no other admitted request is on its way (being read or decoded): waiting could not
+  make the batch bigger, so one client alone never pays the wait.
+
+Counting the wait from the moment the model is free is what lets a busy service fill its
+batches: the clients answered by the last batch send their next requests within a few
+milliseconds, and they join the requests that queued while it ran, instead of the two groups
+taking turns in half-size batches.
 
 The model runs on one thread of its own, off the event loop, so the loop keeps reading and
 decoding uploads while a batch runs; the next batch forms meanwhile. A request cancelled while
@@ -83,6 +90,10 @@ class DynamicBatcher:
         self._task: asyncio.Task | None = None
         self._model_thread = model_thread or ThreadPoolExecutor(1, thread_name_prefix="danlu-model")
         self._model_free: asyncio.Lock | None = None  # held while the model thread works
+        self._free_at = 0.0  # when the model last became free
+        self._running = False
+        self._arrived_while_running = 0
+        self._busy = False  # the last batch had company: wait for the next one to fill
 
     # -- state -----------------------------------------------------------------------------------
     @property
@@ -147,6 +158,8 @@ class DynamicBatcher:
         if self._task is None:
             raise RuntimeError("the batcher is not started")
         future = asyncio.get_running_loop().create_future()
+        if self._running:
+            self._arrived_while_running += 1
         self._pending.append(_Job(item, future, time.perf_counter()))
         self._poke()
         return await future
@@ -185,7 +198,7 @@ class DynamicBatcher:
         self._drop_cancelled()
         if not self._pending:
             return [], ""
-        deadline = self._pending[0].enqueued + self.max_wait_s
+        deadline = max(self._free_at, self._pending[0].enqueued) + self.max_wait_s
         while True:
             live = self._live()
             if live == 0:
@@ -193,7 +206,7 @@ class DynamicBatcher:
             if live >= self.max_batch:
                 reason = "full"
                 break
-            if self._incoming == 0:
+            if not self._busy and self._incoming == 0:
                 reason = "idle"
                 break
             left = deadline - time.perf_counter()
@@ -202,8 +215,6 @@ class DynamicBatcher:
                 break
             await self._wait(left)
             self._drop_cancelled()
-            if self._pending:
-                deadline = min(deadline, self._pending[0].enqueued + self.max_wait_s)
         jobs: list[_Job] = []
         while self._pending and len(jobs) < self.max_batch:
             job = self._pending.popleft()
@@ -225,6 +236,7 @@ class DynamicBatcher:
             return
         started = time.perf_counter()
         self.reasons[reason] += 1
+        self._running, self._arrived_while_running = True, 0
         try:
             results = await loop.run_in_executor(self._model_thread, self.run_batch,
                                                  [j.item for j in jobs])
@@ -240,7 +252,11 @@ class DynamicBatcher:
                 if not job.future.done():
                     job.future.set_exception(e)
             return
-        took = time.perf_counter() - started
+        finally:
+            self._running = False
+            self._free_at = time.perf_counter()
+            self._busy = len(jobs) > 1 or self._arrived_while_running > 0
+        took = self._free_at - started
         if self.on_batch is not None:
             self.on_batch(BatchInfo(len(jobs), reason, started - jobs[0].enqueued), took)
         for job, result in zip(jobs, results, strict=True):

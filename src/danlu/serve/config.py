@@ -34,6 +34,9 @@ class ServeConfig:
         max_pixels: the most pixels (width * height, from the header) an image may have (413).
         token: a bearer token every route but ``/healthz`` and the page needs; None: open.
         decode_threads: threads decoding and letterboxing uploads (0: one per CPU, at most 8).
+        model_nice: how much lower the model thread's CPU priority is than the rest of the
+            process (Linux nice levels), so reading, decoding and refusing requests never
+            wait behind the model for a core; the model still gets every idle cycle.
     """
 
     model: str
@@ -50,6 +53,7 @@ class ServeConfig:
     token: str | None = None
     cors_origins: tuple[str, ...] = ()
     decode_threads: int = 0
+    model_nice: int = 10
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1

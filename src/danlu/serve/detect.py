@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from danlu.serve.engine import DetectOptions, Outcome, Prepared, detections_json
+from danlu.serve.multipart import FilePart, Form, MultipartError, parse_form
 from danlu.serve.problems import RequestProblem, deadline
 from danlu.serve.service import Service
 
@@ -73,12 +74,27 @@ async def read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-async def _form(request: Request, max_files: int) -> Any:
+async def _form(request: Request, body: bytes, max_files: int) -> Form:
+    """The multipart form: sliced from the body, or (a body the fast reader refuses) parsed
+    by Starlette's reference parser."""
     try:
-        return await request.form(max_files=max_files, max_fields=64)
+        return parse_form(body, request.headers.get("content-type", ""),
+                          max_parts=max_files + 64)
+    except MultipartError:
+        pass
+    try:
+        parsed = await request.form(max_files=max_files, max_fields=64)
     except Exception as e:  # noqa: BLE001 - python-multipart / Starlette parse errors
         raise RequestProblem(400, "bad_request", f"cannot parse the multipart form ({e})",
                              stage="read") from e
+    form = Form()
+    for name, value in parsed.multi_items():
+        if isinstance(value, UploadFile):
+            form.files.append(FilePart(name, value.filename or "", await value.read(),
+                                       value.content_type or ""))
+        elif name not in form.fields:
+            form.fields[name] = str(value)
+    return form
 
 
 def _kind(request: Request) -> str:
@@ -93,13 +109,12 @@ def _kind(request: Request) -> str:
                          stage="read")
 
 
-def _options(service: Service, request: Request, form: Any = None) -> DetectOptions:
+def _options(service: Service, request: Request, form: Form | None = None) -> DetectOptions:
     values = {k: request.query_params.get(k) for k in OPTION_FIELDS}
     if form is not None:
         for k in OPTION_FIELDS:
-            v = form.get(k)
-            if isinstance(v, str) and values[k] is None:
-                values[k] = v
+            if values[k] is None:
+                values[k] = form.fields.get(k)
     assert service.engine is not None
     return service.engine.options(values["score_threshold"], values["classes"],
                                   values["max_detections"], values["slice"], values["overlap"])
@@ -181,12 +196,12 @@ async def detect(service: Service, request: Request) -> Response:
             kind = _kind(request)
             body = await read_body(request, service.config.max_upload_bytes)
             if kind == "multipart":
-                form = await _form(request, 1)
-                upload = form.get("image")
-                if not isinstance(upload, UploadFile):
+                form = await _form(request, body, 1)
+                upload = form.file("image")
+                if upload is None:
                     raise RequestProblem(400, "bad_request", "the multipart form has no file "
                                          "field 'image'", stage="read")
-                data = await upload.read()
+                data = upload.data
                 options = _options(service, request, form)
             else:
                 data, options = body, _options(service, request)
@@ -202,12 +217,12 @@ async def detect_batch(service: Service, request: Request) -> Response:
     stage = _Stage()
     started = time.perf_counter()
 
-    async def one(upload: UploadFile, options: DetectOptions, waiting: set[int]
+    async def one(upload: FilePart, options: DetectOptions, waiting: set[int]
                   ) -> dict[str, Any]:
-        name = upload.filename or ""
+        name = upload.filename
         try:
             try:
-                item = await _decode(service, await upload.read(), options, _Stage())
+                item = await _decode(service, upload.data, options, _Stage())
             finally:
                 waiting.discard(id(upload))
                 service.batcher.arrived()
@@ -222,9 +237,9 @@ async def detect_batch(service: Service, request: Request) -> Response:
             if _kind(request) != "multipart":
                 raise RequestProblem(415, "unsupported_format", "send multipart/form-data with "
                                      "one file field 'images' per image", stage="read")
-            await read_body(request, service.config.max_upload_bytes)
-            form = await _form(request, 1000)
-            uploads = [u for u in form.getlist("images") if isinstance(u, UploadFile)]
+            body = await read_body(request, service.config.max_upload_bytes)
+            form = await _form(request, body, 1000)
+            uploads = form.files_named("images")
             if not uploads:
                 raise RequestProblem(400, "bad_request", "the multipart form has no file "
                                      "field 'images'", stage="read")

@@ -12,6 +12,7 @@ then cut at its own threshold before suppression, so its answer is what it would
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -96,9 +97,11 @@ class Engine:
 
     @classmethod
     def open(cls, config: ServeConfig) -> Engine:
-        """Build the engine on a new model thread of its own (kept as :attr:`thread`)."""
+        """Build the engine on a new model thread of its own (kept as :attr:`thread`), at
+        ``config.model_nice`` (its torch threads, created from it, inherit the value)."""
         thread = ThreadPoolExecutor(1, thread_name_prefix="danlu-model")
         try:
+            thread.submit(_lower_priority, config.model_nice).result()
             engine = thread.submit(cls, config).result()
         except BaseException:
             thread.shutdown(wait=False)
@@ -262,6 +265,20 @@ class Engine:
         if self._batched:
             item.tensor, item.frame = self.predictor.transform.array(gray)
         self.run_batch([item] * self.config.max_batch)
+
+
+def _lower_priority(nice: int) -> None:
+    """Raise the calling thread's nice value by ``nice`` (Linux: per thread); quietly
+    nothing where the OS does not allow it."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    import threading
+
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError:
+        pass
 
 
 def decode_upload(data: bytes, config: ServeConfig) -> np.ndarray:
