@@ -54,9 +54,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:1, mps."),
         cors_origin: list[str] = typer.Option(None, "--cors-origin", help="Allow browser "
                                               "calls from this origin (repeat; off by default)."),
-        model_nice: int = typer.Option(10, "--model-nice", help="Run the model at this much "
-                                       "lower CPU priority (Linux nice), so HTTP work never "
-                                       "waits behind it for a core."),
+        model_nice: int = typer.Option(0, "--model-nice", help="Run the model at this much "
+                                       "lower CPU priority (Linux nice, e.g. 10): faster "
+                                       "refusals under overload, less throughput when the "
+                                       "model shares its cores."),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
     ) -> None:
         """Serve a detector over HTTP: POST /v1/detect, a web page at /, metrics at /metrics.

@@ -35,8 +35,9 @@ class ServeConfig:
         token: a bearer token every route but ``/healthz`` and the page needs; None: open.
         decode_threads: threads decoding and letterboxing uploads (0: one per CPU, at most 8).
         model_nice: how much lower the model thread's CPU priority is than the rest of the
-            process (Linux nice levels), so reading, decoding and refusing requests never
-            wait behind the model for a core; the model still gets every idle cycle.
+            process (Linux nice levels): reading, decoding and refusing requests then never
+            wait behind the model for a core (lower 503 latency under overload), at some cost
+            in throughput where the model shares its cores with them. 0: the same priority.
     """
 
     model: str
@@ -53,7 +54,7 @@ class ServeConfig:
     token: str | None = None
     cors_origins: tuple[str, ...] = ()
     decode_threads: int = 0
-    model_nice: int = 10
+    model_nice: int = 0
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
