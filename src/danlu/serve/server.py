@@ -107,13 +107,7 @@ def load_engine(config: ServeConfig) -> Engine:
     return Engine.open(config)
 
 
-#: the GIL switch interval of a server process (Python's default is 5 ms): the model thread's
-#: Python code would otherwise keep the event loop (a 503, a small request) waiting that long
-SWITCH_INTERVAL_S = 0.001
-
-
 def _uvicorn_config(app: Any, config: ServeConfig, log_level: str) -> uvicorn.Config:
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     return uvicorn.Config(app, factory=isinstance(app, str), log_level=log_level,
                           timeout_graceful_shutdown=max(1, int(config.drain_s) + 5),
                           access_log=False, lifespan="on")
