@@ -5,6 +5,11 @@ on POSIX within one file system). A folder is built in a temporary sibling folde
 into place at the end; an existing target is moved aside first and removed only after the new
 folder is in place. On any error the temporary file or folder is removed.
 
+The results get the permissions any other tool's would: ``0666`` (files) or ``0777`` (folders)
+less the process's umask. Python's ``mkstemp`` / ``mkdtemp`` create ``0600`` / ``0700`` for
+privacy while the file is temporary; that mode would otherwise survive the rename, and a
+colleague, a container or a web server could not read the results.
+
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
@@ -28,12 +33,39 @@ from typing import IO, Any
 from danlu.errors import DatasetError
 
 
+def current_umask() -> int:
+    """The process's umask (read from ``/proc`` where it can be, without changing it)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)  # elsewhere: set and put back
+    os.umask(old)
+    return old
+
+
+def temp_sibling(path: Path, *, folder: bool = False) -> tuple[int | None, str]:
+    """A temporary sibling of ``path`` (``(fd, name)``; a folder: ``(None, name)``) with the
+    mode a plain ``open`` / ``mkdir`` would give it, so the renamed result keeps that mode."""
+    prefix, suffix = f".{path.name}.", ".tmp"
+    if folder:
+        name = tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent)
+        os.chmod(name, 0o777 & ~current_umask())
+        return None, name
+    fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o666 & ~current_umask())
+    return fd, name
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike[str], mode: str = "wb", **kwargs: Any) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it to ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_sibling(path)
     try:
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
@@ -71,7 +103,7 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
         raise DatasetError(f"{path}: folder exists and is not empty",
                            hint="choose another output folder or pass overwrite")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = Path(temp_sibling(path, folder=True)[1])
     try:
         yield tmp
         old = None
@@ -87,4 +119,5 @@ def atomic_dir(path: str | os.PathLike[str], *, overwrite: bool = False) -> Iter
         raise
 
 
-__all__ = ["atomic_open", "atomic_dir", "write_bytes_atomic", "write_text_atomic"]
+__all__ = ["atomic_open", "atomic_dir", "write_bytes_atomic", "write_text_atomic",
+           "temp_sibling", "current_umask"]

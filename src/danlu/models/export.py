@@ -42,7 +42,6 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Iterator, Sequence
@@ -221,7 +220,9 @@ def export_metadata(ckpt: dict[str, Any], wrapper: DenseExport, model: nn.Module
 def _atomic_target(out: Path) -> Iterator[Path]:
     """A temporary sibling of ``out`` to write into; renamed over ``out`` on success."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    from danlu.data._atomic import temp_sibling
+
+    fd, tmp = temp_sibling(out)
     os.close(fd)
     try:
         yield Path(tmp)
