@@ -63,6 +63,25 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> None:
         raise
 
 
+#: the hint of every "not a danlu checkpoint" error
+WHAT_A_CHECKPOINT_IS = (
+    "a danlu checkpoint is the best.pt / last.pt a `danlu train` run writes: the model config, "
+    "class names, input size and weights. It is read with torch.load(weights_only=True): "
+    "danlu never unpickles arbitrary Python objects. For an .onnx or .torchscript export, "
+    "keep its suffix.")
+
+
+def _why_unreadable(e: Exception) -> str:
+    """A short reason a file is not a loadable checkpoint, without torch's advice."""
+    text = str(e)
+    if "Weights only load failed" in text or type(e).__name__ == "UnpicklingError":
+        return "it holds Python objects beyond tensors and plain data"
+    if "zip" in text.lower() or "magic number" in text.lower() or isinstance(e, (EOFError,
+                                                                                IndexError)):
+        return "not a PyTorch file, or a truncated one"
+    return f"PyTorch cannot read it: {type(e).__name__}"
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                     ) -> dict[str, Any]:
     """Read a danlu checkpoint safely (``weights_only=True``) and check its format."""
@@ -79,11 +98,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling/zip error means a bad file
-        raise ModelError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})",
-                         hint="checkpoints load with weights_only=True; only danlu "
-                         "checkpoints are accepted") from e
+        # torch's own text may advise weights_only=False: never pass that on
+        raise ModelError(f"{path}: not a danlu checkpoint ({_why_unreadable(e)})",
+                         hint=WHAT_A_CHECKPOINT_IS) from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ModelError(f"{path}: not a danlu checkpoint (missing format={FORMAT!r})")
+        kind = "a dict without format='danlu-checkpoint'" if isinstance(ckpt, dict) \
+            else f"a {type(ckpt).__name__}"
+        raise ModelError(f"{path}: not a danlu checkpoint (a PyTorch file holding {kind})",
+                         hint=WHAT_A_CHECKPOINT_IS)
     if int(ckpt.get("version", 0)) > VERSION:
         raise ModelError(f"{path}: checkpoint version {ckpt.get('version')} is newer than "
                          f"this danlu reads ({VERSION})", hint="upgrade danlu")
