@@ -31,11 +31,17 @@ def _bad_files(tmp_path):
     return [text, binary, empty, plain, tensor, objects]
 
 
+REASONS = {"notes.pt": "not a PyTorch file", "noise.pt": "not a PyTorch file",
+           "empty.pt": "not a PyTorch file", "plain.pt": "without format=",
+           "tensor.pt": "holding a Tensor", "objects.pt": "Python objects"}
+
+
 def test_each_bad_file_says_not_a_danlu_checkpoint(tmp_path):
     for path in _bad_files(tmp_path):
         with pytest.raises(ModelError) as e:
             load_checkpoint(path)
         assert "not a danlu checkpoint" in e.value.message, (path.name, e.value.message)
+        assert REASONS[path.name] in e.value.message, (path.name, e.value.message)
         said = e.value.message + (e.value.hint or "")
         assert "weights_only=False" not in said and "weights_only = False" not in said
         assert "danlu train" in (e.value.hint or "")

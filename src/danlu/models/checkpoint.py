@@ -74,10 +74,10 @@ WHAT_A_CHECKPOINT_IS = (
 def _why_unreadable(e: Exception) -> str:
     """A short reason a file is not a loadable checkpoint, without torch's advice."""
     text = str(e)
-    if "Weights only load failed" in text or type(e).__name__ == "UnpicklingError":
+    if "Unsupported global" in text:  # the weights-only unpickler met a class
         return "it holds Python objects beyond tensors and plain data"
-    if "zip" in text.lower() or "magic number" in text.lower() or isinstance(e, (EOFError,
-                                                                                IndexError)):
+    if type(e).__name__ == "UnpicklingError" or isinstance(e, (EOFError, IndexError)) \
+            or "zip" in text.lower() or "magic number" in text:
         return "not a PyTorch file, or a truncated one"
     return f"PyTorch cannot read it: {type(e).__name__}"
 
