@@ -15,6 +15,7 @@ arguments; they train one model with DDP and rank 0 writes the run (see
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -176,17 +177,33 @@ def _train(data: Any, model: str | None, epochs: int | None, out: str | Path | N
         from danlu.train.data import input_size_for
 
         cfg = cfg.merged({"img_size": input_size_for(train_data)})
+    created = main and not run_dir.exists()
+    made_parent = main and not run_dir.parent.exists()
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
-    trainer = trainer_cls(cfg, train_data, val_data, run_dir=run_dir, callbacks=callbacks,
-                          loss_fn=loss_fn, resume_from=resume_from, progress=progress,
-                          verbose=verbose and main, rank=dist_info.rank,
-                          world_size=dist_info.world_size, local_rank=dist_info.local_rank)
+    trainer = None
     try:
+        trainer = trainer_cls(cfg, train_data, val_data, run_dir=run_dir, callbacks=callbacks,
+                              loss_fn=loss_fn, resume_from=resume_from, progress=progress,
+                              verbose=verbose and main, rank=dist_info.rank,
+                              world_size=dist_info.world_size, local_rank=dist_info.local_rank)
         return trainer.fit()
+    except BaseException:
+        # a run that failed before its first checkpoint (a bad --model, no CUDA) leaves no
+        # folder behind; one with a checkpoint stays, to be resumed
+        if created and not (run_dir / "last.pt").exists():
+            if trainer is not None:
+                trainer.close()
+                trainer = None
+            shutil.rmtree(run_dir, ignore_errors=True)
+            if made_parent:
+                with contextlib.suppress(OSError):  # only when empty
+                    run_dir.parent.rmdir()
+        raise
     finally:
-        trainer.close()
+        if trainer is not None:
+            trainer.close()
 
 
 def _prepare_run_dir(cfg: TrainConfig, out: str | Path | None,
@@ -196,8 +213,8 @@ def _prepare_run_dir(cfg: TrainConfig, out: str | Path | None,
     if (run_dir / "last.pt").exists() or (run_dir / "results.csv").exists():
         if not exist_ok:
             raise ConfigError(f"{run_dir}: a run already exists there",
-                               hint=f"continue it with --resume {run_dir}, or choose "
-                               "another --name")
+                               hint=f"continue it with --resume {run_dir}, choose another "
+                               "--name, or pass --exist-ok to replace it")
         for name in _RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
         for events in run_dir.glob("events.out.tfevents.*"):

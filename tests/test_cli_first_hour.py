@@ -1,0 +1,48 @@
+"""A new user's mistakes, through the real console script (issue 11): each gets one clear
+line, exit 2, and leaves nothing half-made behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def danlu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "danlu", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("first_hour")
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "6",
+              "--image-size", "96", "--scale", "16,40", cwd=root)
+    assert r.returncode == 0, r.stderr
+    return root
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--model", "fcos-tyni"), "unknown model"),
+    (("--device", "cuda"), "CUDA is not available"),
+])
+def test_a_run_that_fails_to_set_up_leaves_no_folder(data, args, says):
+    import torch
+
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    r = danlu("train", "--data", "d", "--project", "runs_fail", "--name", "x", *args,
+              cwd=data)
+    assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+    assert not (data / "runs_fail").exists()
+
+
+def test_an_existing_run_names_exist_ok(data):
+    base = ("train", "--data", "d", "--project", "runs_ok", "--name", "a", "--epochs", "1",
+            "--img-size", "64", "--batch", "2")
+    assert danlu(*base, cwd=data).returncode == 0
+    r = danlu(*base, cwd=data)
+    assert r.returncode == 2 and "already exists" in r.stderr and "--exist-ok" in r.stderr
+    assert (data / "runs_ok" / "a" / "best.pt").is_file()  # the first run is untouched
