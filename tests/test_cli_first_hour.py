@@ -46,3 +46,10 @@ def test_an_existing_run_names_exist_ok(data):
     r = danlu(*base, cwd=data)
     assert r.returncode == 2 and "already exists" in r.stderr and "--exist-ok" in r.stderr
     assert (data / "runs_ok" / "a" / "best.pt").is_file()  # the first run is untouched
+
+
+@pytest.mark.parametrize("size", ["33", "8", "5000"])
+def test_img_size_is_validated_before_training(data, size):
+    r = danlu("train", "--data", "d", "--project", "runs_size", "--img-size", size, cwd=data)
+    assert r.returncode == 2 and "img-size" in r.stderr and "multiple of 32" in r.stderr
+    assert f"got {size}" in r.stderr and not (data / "runs_size").exists()

@@ -29,6 +29,12 @@ ANCHORS = ("auto", "default")
 VAL_PROTOCOLS = ("auto", "coco", "voc07", "voc12", "dota", "dota-hbb")
 
 
+#: ``img_size`` is a multiple of this (the coarsest pyramid level's stride) ...
+IMG_SIZE_MULTIPLE = 32
+#: ... within this range, pixels
+IMG_SIZE_RANGE = (32, 4096)
+
+
 @dataclass
 class TrainConfig:
     """Every training option; field names are the CLI options with ``-`` as ``_``.
@@ -169,6 +175,14 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise bad(name, "expected an integer >= 1" + (" or 'auto'" if name == "img_size"
                                                               else ""))
+        if self.img_size != "auto" and (self.img_size % IMG_SIZE_MULTIPLE
+                                        or not IMG_SIZE_RANGE[0] <= self.img_size
+                                        <= IMG_SIZE_RANGE[1]):
+            lo, hi = IMG_SIZE_RANGE
+            raise bad("img_size", f"expected a multiple of {IMG_SIZE_MULTIPLE} from {lo} to "
+                      f"{hi} (the detectors' coarsest feature map has stride "
+                      f"{IMG_SIZE_MULTIPLE}: other sizes run padded or leave that map "
+                      "under a pixel), or 'auto'")
         for name in ("workers", "patience", "save_every_steps", "max_steps", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise bad(name, "expected an integer >= 0")
