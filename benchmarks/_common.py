@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 import platform
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -62,6 +63,36 @@ class Row:
         """peer / ours; above 1.0 means ours is faster."""
         return self.peer_s / self.ours_s if self.ours_s > 0 else float("inf")
 
+    @property
+    def met(self) -> bool | None:
+        """Whether the row reaches its goal, when the goal is one this reads (None if not)."""
+        return goal_met(self.goal, self.ours_s, self.ratio, self.speedup)
+
+
+_GOAL = re.compile(r"\s*(<=|>=)\s*([0-9]*\.?[0-9]+)\s*(x|ms|s)?\b")
+
+
+def goal_met(goal: str, ours_s: float, ratio: float, speedup: float) -> bool | None:
+    """Read a goal's leading comparison and judge it: ``>= 20x`` (speed-up, peer / ours),
+    ``<= 1.2x`` or ``<= 0.5`` (ours / peer), ``<= 200 ms`` or ``<= 1.0 s`` (our time).
+    None when the goal does not start with one of these."""
+    m = _GOAL.match(goal or "")
+    if not m:
+        return None
+    op, value, unit = m.group(1), float(m.group(2)), m.group(3)
+    if unit in ("ms", "s"):
+        measured = ours_s * (1000.0 if unit == "ms" else 1.0)
+    else:
+        measured = speedup if op == ">=" else ratio
+    return measured >= value if op == ">=" else measured <= value
+
+
+def goal_text(goal: str, met: bool | None) -> str:
+    """The goal as the table shows it: with ``met`` or ``MISSED`` when it was judged."""
+    if met is None:
+        return goal
+    return f"{goal} — {'met' if met else 'MISSED'}"
+
 
 def machine() -> str:
     """A one-line description of the machine the benchmark ran on."""
@@ -78,7 +109,8 @@ def report(title: str, rows: list[Row], *, as_json: bool = False) -> None:
     """Print the table (or one JSON document with ``as_json``)."""
     if as_json:
         doc = {"benchmark": title, "machine": machine(),
-               "rows": [asdict(r) | {"ratio": r.ratio, "speedup": r.speedup} for r in rows]}
+               "rows": [asdict(r) | {"ratio": r.ratio, "speedup": r.speedup, "met": r.met}
+                        for r in rows]}
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return
     table = Table(title=f"{title} — {machine()}")
@@ -86,7 +118,7 @@ def report(title: str, rows: list[Row], *, as_json: bool = False) -> None:
         table.add_column(col)
     for r in rows:
         table.add_row(r.case, _fmt(r.ours_s), r.peer, _fmt(r.peer_s), f"{r.ratio:.3f}",
-                      f"{r.speedup:.1f}x", "yes" if r.agree else "NO", r.goal)
+                      f"{r.speedup:.1f}x", "yes" if r.agree else "NO", goal_text(r.goal, r.met))
     _console().print(table)
 
 

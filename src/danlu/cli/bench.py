@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import importlib
 import sys
 from pathlib import Path
@@ -18,6 +19,95 @@ def benchmarks_dir() -> Path:
             return root / "benchmarks"
     raise ConfigError("cannot find the benchmarks/ folder",
                       hint="run `danlu bench` from the root of a danlu source checkout")
+
+
+_BENCH = "pip install 'danlu[bench]'"
+#: optional modules the benchmarks import, and how to install each
+OPTIONAL = {
+    **dict.fromkeys(("ensemble_boxes", "pycocotools", "faster_coco_eval", "hotcoco", "globox",
+                     "albumentations", "shapely", "tqdm", "litserve", "flask", "redis"),
+                    _BENCH),
+    "ultralytics": "pip install 'danlu[bench-train]'",
+    "sahi": "pip install --no-deps sahi==0.12.8 (what `make test` installs)",
+    "cv2": "pip install 'danlu[opencv]'",
+    **dict.fromkeys(("onnx", "onnxruntime", "onnxscript"), "pip install 'danlu[onnx]'"),
+    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "prometheus_client", "httpx"),
+                    "pip install 'danlu[serve]'"),
+    **dict.fromkeys(("sklearn", "skimage"), "pip install 'danlu[digits]'"),
+}
+
+
+def _guarded(handler_types: list[ast.expr]) -> bool:
+    names = {getattr(t, "id", getattr(t, "attr", "")) for t in handler_types}
+    return bool(names & {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
+
+
+def _required_imports(path: Path, *, top_level_only: bool = False
+                      ) -> tuple[set[str], set[str]]:
+    """Top-level module names ``path`` imports outside ``try: ... except ImportError`` (with
+    ``top_level_only``, outside functions too: a helper's functions may go unused), and the
+    ``benchmarks._x`` helpers it imports."""
+    tree = ast.parse(path.read_text(), str(path))
+    in_functions: list[tuple[int, int]] = []
+    if top_level_only:
+        in_functions = [(n.lineno, n.end_lineno or 0) for n in ast.walk(tree)
+                        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+    optional_spans: list[tuple[int, int]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Try):
+            types: list[ast.expr] = []
+            for h in node.handlers:
+                if h.type is None:
+                    types.append(ast.Name("BaseException"))
+                elif isinstance(h.type, ast.Tuple):
+                    types.extend(h.type.elts)
+                else:
+                    types.append(h.type)
+            if _guarded(types) and node.body:
+                optional_spans.append((node.body[0].lineno, node.body[-1].end_lineno or 0))
+    mods, helpers = set(), set()
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.Import, ast.ImportFrom)):
+            continue
+        if any(a <= node.lineno <= b for a, b in optional_spans + in_functions):
+            continue
+        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                 else [node.module or ""])
+        for name in names:
+            if name.startswith("benchmarks."):
+                helpers.add(name.split(".")[1])
+            elif name == "benchmarks" and isinstance(node, ast.ImportFrom):
+                helpers.update(a.name for a in node.names)
+            else:
+                mods.add(name.split(".")[0])
+    return mods, helpers
+
+
+def missing_for(module_name: str) -> dict[str, str]:
+    """The optional modules benchmark ``module_name`` (and its helpers) needs and this
+    environment lacks, each with how to install it."""
+    import importlib.util
+
+    root = benchmarks_dir()
+    seen, todo, needed = set(), [module_name], set()
+    while todo:
+        name = todo.pop()
+        if name in seen or not (root / f"{name}.py").is_file():
+            continue
+        seen.add(name)
+        mods, helpers = _required_imports(root / f"{name}.py",
+                                          top_level_only=name != module_name)
+        needed |= mods
+        todo.extend(helpers)
+    return {m: OPTIONAL[m] for m in sorted(needed)
+            if m in OPTIONAL and importlib.util.find_spec(m) is None}
+
+
+def _missing_error(name: str, missing: dict[str, str]) -> ConfigError:
+    hints = sorted(set(missing.values()))
+    return ConfigError(f"danlu bench {name} needs {', '.join(missing)}, which "
+                       f"{'is' if len(missing) == 1 else 'are'} not installed",
+                       hint="; ".join(hints))
 
 
 def available() -> list[str]:
@@ -57,9 +147,18 @@ def _bench(name: str | None = None, quick: bool = False, as_json: bool = False) 
     if name not in available():
         raise ConfigError(f"no benchmark named {name!r}",
                           hint="available: " + ", ".join(available()))
-    module = _load(module_name)
-    common = _load("_common")
-    rows = module.run(quick=quick)
+    missing = missing_for(module_name)
+    if missing:  # before any work starts
+        raise _missing_error(name, missing)
+    try:
+        module = _load(module_name)
+        common = _load("_common")
+        rows = module.run(quick=quick)
+    except ModuleNotFoundError as e:  # one the scan could not see (a dynamic import)
+        top = (e.name or "").split(".")[0]
+        if top not in OPTIONAL:
+            raise
+        raise _missing_error(name, {top: OPTIONAL[top]}) from e
     custom = getattr(module, "REPORT", None)  # a benchmark with its own table (e.g. cold)
     if custom is not None:
         custom(rows, as_json=as_json)
