@@ -53,3 +53,29 @@ def test_img_size_is_validated_before_training(data, size):
     r = danlu("train", "--data", "d", "--project", "runs_size", "--img-size", size, cwd=data)
     assert r.returncode == 2 and "img-size" in r.stderr and "multiple of 32" in r.stderr
     assert f"got {size}" in r.stderr and not (data / "runs_size").exists()
+
+
+def test_stats_check_images_lists_the_broken_ones(tmp_path):
+    import json
+
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "5",
+              "--image-size", "96", "--scale", "16,40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    images = sorted(p for p in (tmp_path / "d").rglob("*") if p.suffix in (".jpg", ".png"))
+    assert len(images) == 5
+    cut, text, resized = images[0], images[1], images[2]
+    cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 3])
+    text.write_text("not an image at all\n")
+    from PIL import Image
+
+    Image.new("RGB", (50, 40)).save(resized, format=Image.open(images[3]).format)
+    plain = danlu("data", "stats", "d", "--json", cwd=tmp_path)
+    assert plain.returncode == 0 and "broken_images" not in json.loads(plain.stdout)
+    r = danlu("data", "stats", "d", "--json", "--check-images", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    bad = json.loads(r.stdout)["broken_images"]
+    named = {Path(b["image"]).name: b["error"] for b in bad}
+    assert set(named) == {cut.name, text.name, resized.name}
+    assert "truncated" in named[cut.name] and "not an image" in named[text.name]
+    assert "50x40" in named[resized.name]
+    assert "3 broken" in r.stderr and cut.name in r.stderr

@@ -81,6 +81,9 @@ def register_stats(app: typer.Typer) -> None:
         plot: Path = typer.Option(None, "--plot", help="Also draw the histograms as a PNG."),
         skip_invalid: bool = typer.Option(False, "--skip-invalid",
                                           help="Skip bad items instead of stopping."),
+        check_images: bool = typer.Option(False, "--check-images", help="Also decode every "
+                                          "image and list the broken ones (truncated, not an "
+                                          "image, a size other than the annotation's)."),
     ) -> None:
         """Count images, boxes and classes, with histograms and box-quality checks.
 
@@ -96,6 +99,8 @@ def register_stats(app: typer.Typer) -> None:
                           progress=track)
         st = dataset_stats(ds)
         st["format"] = ds.meta.get("format")
+        if check_images:
+            st["broken_images"] = broken_images(ds)
         if plot is not None:
             plot_stats(st, plot)
             info(f"plot written to {plot}")
@@ -105,6 +110,31 @@ def register_stats(app: typer.Typer) -> None:
             _print_table(st)
         if st["warnings"]:
             console.print(f"skipped {st['warnings']} invalid items", highlight=False)
+        if check_images:
+            bad = st["broken_images"]
+            for b in bad[:20]:
+                console.print(f"broken image: {b['error']}", highlight=False, soft_wrap=True)
+            console.print(f"checked {len(ds)} images: {len(bad)} broken"
+                          + (" (the first 20 listed; all in --json)" if len(bad) > 20 else ""),
+                          highlight=False)
+
+
+def broken_images(ds) -> list[dict]:  # noqa: ANN001 - a Dataset
+    """Decode every image of ``ds``: ``[{"id", "image", "error"}]`` for those that fail or
+    whose decoded size differs from the annotation's."""
+    from danlu.infer.images import try_read_image
+
+    bad = []
+    for s in track(ds.samples, "decoding images", total=len(ds)):
+        source = s.image if isinstance(s.image, (bytes, bytearray)) else str(s.image)
+        where = str(s.id if isinstance(s.image, (bytes, bytearray)) else s.image)
+        arr, err = try_read_image(source)
+        if err is None and s.width and s.height and arr.shape[:2] != (s.height, s.width):
+            err = (f"{where}: decoded {arr.shape[1]}x{arr.shape[0]}, the annotation says "
+                   f"{s.width}x{s.height}")
+        if err is not None:
+            bad.append({"id": s.id, "image": where, "error": err})
+    return bad
 
 
 def _print_table(st: dict) -> None:
