@@ -79,3 +79,26 @@ def test_stats_check_images_lists_the_broken_ones(tmp_path):
     assert "truncated" in named[cut.name] and "not an image" in named[text.name]
     assert "50x40" in named[resized.name]
     assert "3 broken" in r.stderr and cut.name in r.stderr
+
+
+def test_train_skips_a_broken_image_and_counts_it(tmp_path):
+    import json
+
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "6",
+              "--image-size", "96", "--scale", "16,40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    images = sorted(p for p in (tmp_path / "d").rglob("*") if p.suffix in (".jpg", ".png"))
+    broken = images[2]
+    broken.write_bytes(broken.read_bytes()[: broken.stat().st_size // 3])
+    base = ("train", "--data", "d", "--epochs", "1", "--img-size", "64", "--batch", "2",
+            "--val-split", "0", "--project", "runs")
+    r = danlu(*base, "--name", "skip", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["skipped_images"] == 1
+    assert r.stderr.count("skipped a training image") == 1 and broken.name in r.stderr
+    assert "skipped 1 training image" in r.stderr
+    history = (tmp_path / "runs" / "skip" / "history.jsonl").read_text()
+    assert "image_skipped" in history and broken.name in history
+    r = danlu(*base, "--name", "strict", "--strict", cwd=tmp_path)
+    assert r.returncode == 2 and broken.name in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "runs" / "strict").exists()

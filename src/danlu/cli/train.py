@@ -76,6 +76,9 @@ def register(app: typer.Typer) -> None:
         deterministic: bool = typer.Option(_D.deterministic, "--deterministic/"
                                            "--no-deterministic",
                                            help="Reproducible algorithms."),
+        strict: bool = typer.Option(_D.strict, "--strict/--no-strict", help="Stop at the first "
+                                    "training image that cannot be decoded (default: skip it "
+                                    "with a warning and count it)."),
         ema: bool = typer.Option(_D.ema, "--ema/--no-ema", help="Average the weights."),
         ema_decay: float = typer.Option(_D.ema_decay, "--ema-decay"),
         ema_tau: float = typer.Option(_D.ema_tau, "--ema-tau"),

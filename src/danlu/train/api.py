@@ -30,7 +30,7 @@ from danlu.train.trainer import LossFn, Trainer, TrainResult
 #: Options that may change when resuming (the rest must match the checkpoint's run).
 RESUME_OVERRIDABLE = frozenset({"device", "workers", "epochs", "time", "patience", "data",
                                 "val", "resume", "final_eval", "plots", "data_format",
-                                "distributed", "max_steps"})
+                                "distributed", "max_steps", "strict"})
 _RUN_FILES = ("last.pt", "best.pt", "results.csv", "history.jsonl", "config.yaml")
 
 

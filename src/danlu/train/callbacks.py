@@ -146,6 +146,9 @@ class ConsoleSummary(Callback):
         tail = f", best.pt val AP50 {m['AP50']:.3f} AP {m['AP']:.3f}" if m else ""
         _err(f"done ({result.stop_reason}) after {result.epochs} epochs, {result.steps} steps"
              f"{tail}: {trainer.run_dir}")
+        if result.skipped_images:
+            _err(f"skipped {result.skipped_images} training image(s) that cannot be decoded "
+                 "(each named above and in history.jsonl; --strict stops at the first)")
 
 
 def _err(line: str) -> None:

@@ -73,6 +73,8 @@ class TrainConfig:
             budget after each epoch, and training stops when it is spent.
         seed: seed of every random choice (data order, augmentation, initialisation).
         deterministic: use deterministic algorithms (bitwise reproducible on CPU).
+        strict: stop at the first training image that cannot be decoded (default: skip it,
+            with a warning naming it, and count it in the summary).
         ema / ema_decay / ema_tau: keep an exponential moving average of the weights, which is
             what is evaluated and saved as the model.
         amp: mixed precision on CUDA (ignored elsewhere).
@@ -133,6 +135,7 @@ class TrainConfig:
     time: float | None = None
     seed: int = 0
     deterministic: bool = False
+    strict: bool = False
     ema: bool = True
     ema_decay: float = 0.9998
     ema_tau: float = 200.0

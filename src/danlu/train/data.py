@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from danlu.errors import ConfigError
+from danlu.errors import ConfigError, DatasetError
 from danlu.models.transform import InputTransform
 from danlu.structures import Dataset, Detections, TrainingData
 from danlu.targets import Target, to_target
@@ -103,13 +103,17 @@ class DetectionDataset(torch.utils.data.Dataset):
         resize: ``letterbox`` or ``resize`` (stretch).
         train: drop ``ignore``/``iscrowd`` boxes and boxes under one pixel after resizing.
         cache: keep resized images in memory after their first decode (main process only).
+        strict: an image that cannot be decoded raises; otherwise the next decodable item
+            stands in for it (the batch keeps its size) and the item carries
+            ``"skipped": [(index, reason)]`` for the trainer to warn about and count.
     """
 
     def __init__(self, data: TrainingData, img_size: int, resize: str = "letterbox", *,
-                 train: bool = True, cache: bool = False) -> None:
+                 train: bool = True, cache: bool = False, strict: bool = False) -> None:
         self.data = data
         self.transform = InputTransform(int(img_size), resize)
         self.train = train
+        self.strict = strict
         self._cache: dict[int, tuple] | None = {} if cache else None
 
     @property
@@ -119,10 +123,31 @@ class DetectionDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.data)
 
+    def _load(self, index: int) -> tuple[int, np.ndarray, Detections, list]:
+        """Item ``index``, or the next one that decodes (with what was skipped)."""
+        skipped: list[tuple[int, str]] = []
+        n = len(self.data)
+        for k in range(n):
+            i = (index + k) % n
+            try:
+                image, det = self.data.load_item(i)
+                return i, image, det, skipped
+            except (DatasetError, OSError, ValueError) as e:
+                reason = (e.message if isinstance(e, DatasetError)
+                          else f"{type(e).__name__}: {e}")
+                if self.strict:
+                    raise DatasetError(f"training image {i}: {reason}",
+                                       hint="without --strict a broken image is skipped, "
+                                       "with a warning naming it") from e
+                skipped.append((i, reason))
+        raise DatasetError(f"none of the {n} training images can be decoded",
+                           hint=f"the first: {skipped[0][1] if skipped else '?'}")
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         cached = self._cache.get(index) if self._cache is not None else None
+        skipped: list = []
         if cached is None:
-            image, det = self.data.load_item(index)
+            index, image, det, skipped = self._load(index)
             tensor, frame = self.transform.image(image)
             if self._cache is not None:
                 self._cache[index] = (tensor, frame, det)
@@ -135,7 +160,10 @@ class DetectionDataset(torch.utils.data.Dataset):
         if self.train and len(det):
             wh = det.xyxy[:, 2:] - det.xyxy[:, :2]
             det = det[(wh >= MIN_BOX_SIZE).all(axis=1)]
-        return {"image": tensor, "target": to_target(det), "index": index, "frame": frame}
+        item = {"image": tensor, "target": to_target(det), "index": index, "frame": frame}
+        if skipped:
+            item["skipped"] = skipped
+        return item
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -146,6 +174,7 @@ def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "targets": targets,
         "indices": torch.tensor([it["index"] for it in items], dtype=torch.int64),
         "frames": [it["frame"] for it in items],
+        "skipped": [x for it in items for x in it.get("skipped", ())],
     }
 
 

@@ -129,7 +129,7 @@ class TrainerSeams:
 
     def build_dataset(self) -> DetectionDataset:
         return DetectionDataset(self.train_data, self.config.img_size, self.config.resize,
-                                train=True)
+                                train=True, strict=self.config.strict)
 
     def build_sampler(self, dataset: DetectionDataset) -> EpochBatchSampler:
         """The batch order; a replacement must offer ``set_epoch(epoch, start_batch)``,

@@ -28,6 +28,7 @@ same weights as one that was never interrupted (bitwise on CPU in deterministic 
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -84,11 +85,13 @@ class TrainResult:
     steps: int = 0
     stop_reason: str = "completed"
     best_fitness: float | None = None
+    skipped_images: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_dir": str(self.run_dir), "best": str(self.best), "last": str(self.last),
                 "metrics": self.metrics, "epochs": self.epochs, "steps": self.steps,
-                "stop_reason": self.stop_reason, "best_fitness": self.best_fitness}
+                "stop_reason": self.stop_reason, "best_fitness": self.best_fitness,
+                "skipped_images": self.skipped_images}
 
 
 class Trainer(TrainerSeams, ResumableState):
@@ -133,6 +136,7 @@ class Trainer(TrainerSeams, ResumableState):
         self.is_main = self.rank == 0
         self.progress = progress
         self.verbose = verbose
+        self.skipped_images: dict[int, str] = {}  # index -> why it could not be decoded
         from danlu.train.callbacks import default_callbacks
 
         self.callbacks: list[Callback] = default_callbacks(self) + list(callbacks)
@@ -324,6 +328,8 @@ class Trainer(TrainerSeams, ResumableState):
         self.model.train()
         self._call("on_epoch_start")
         for batch in self.loader:
+            if batch.get("skipped"):
+                self.note_skipped(batch["skipped"])
             self.lr = self.schedule.apply(self.optimizer, self.step)
             logs = self.sync_logs(self.train_step(batch))
             self.step += 1
@@ -341,6 +347,18 @@ class Trainer(TrainerSeams, ResumableState):
             self.sync_control()
             if self.stop_reason is not None:
                 break
+
+    def note_skipped(self, skipped: list[tuple[int, str]]) -> None:
+        """Warn once about each training image that could not be decoded (and stood in for
+        by another), and count it in :attr:`skipped_images`."""
+        for index, reason in skipped:
+            if index in self.skipped_images:
+                continue
+            self.skipped_images[index] = reason
+            self.event("image_skipped", index=int(index), error=reason)
+            if self.is_main:
+                print(f"warning: skipped a training image that cannot be decoded: {reason}",
+                      file=sys.stderr, flush=True)
 
     def validate(self) -> dict[str, Any]:
         """Evaluate the EMA (else current) weights with the validator; {} without one.
@@ -432,7 +450,7 @@ class Trainer(TrainerSeams, ResumableState):
         if not self.best_path.exists():
             self.save_best()
         result = TrainResult(self.run_dir, self.best_path, self.last_path, {}, self.epoch,
-                             self.step, reason, self.best_fitness)
+                             self.step, reason, self.best_fitness, len(self.skipped_images))
         if self.config.final_eval and self.val_data is not None and self.is_main:
             result.metrics = self.final_evaluation()
         if self.world_size > 1:
