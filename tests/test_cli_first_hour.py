@@ -102,3 +102,31 @@ def test_train_skips_a_broken_image_and_counts_it(tmp_path):
     r = danlu(*base, "--name", "strict", "--strict", cwd=tmp_path)
     assert r.returncode == 2 and broken.name in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "runs" / "strict").exists()
+
+
+def test_eval_reads_the_folder_predict_wrote_and_names_unpredicted_classes(tmp_path):
+    import json
+
+    from tests._data_fixtures import train_tiny_checkpoint
+
+    ckpt = train_tiny_checkpoint(tmp_path)
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "4",
+              "--image-size", "64", "--scale", "12,28", "--format", "coco", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    images = sorted(str(p) for p in (tmp_path / "d").rglob("*") if p.suffix in (".jpg", ".png"))
+    r = danlu("predict", str(ckpt), *images, "--out", "preds", "--save-images", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    gt = next((tmp_path / "d").rglob("*.json"))
+    r = danlu("eval", "--gt", str(gt), "--pred", "preds", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "AP" in json.loads(r.stdout)
+    # predictions of one class only: the others are named
+    doc = json.loads(gt.read_text())
+    one = [{"image_id": doc["images"][0]["id"], "category_id": doc["categories"][0]["id"],
+            "bbox": [1, 1, 10, 10], "score": 0.9}]
+    (tmp_path / "one.json").write_text(json.dumps(one))
+    r = danlu("eval", "--gt", str(gt), "--pred", "one.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    present = {a["category_id"] for a in doc["annotations"]} - {doc["categories"][0]["id"]}
+    names = [c["name"] for c in doc["categories"] if c["id"] in present]
+    assert "no predictions for" in r.stderr and all(n in r.stderr for n in names)

@@ -80,6 +80,7 @@ def register(app: typer.Typer) -> None:
         gt_ds, preds = load_with_predictions(gt, pred, gt_format=gt_format,
                                              pred_format=pred_format,
                                              check_images=report is not None)
+        _warn_unpredicted(gt_ds, preds)
         result = evaluate(gt_ds, preds, protocol=protocol, **options)
         report_path = None
         if report is not None:
@@ -96,6 +97,32 @@ def register(app: typer.Typer) -> None:
         _print_tables(result)
         if report_path is not None:
             console.print(f"report: {report_path}")
+
+
+def unpredicted_classes(gt, preds) -> list[str]:  # noqa: ANN001 - two Datasets
+    """Classes with ground-truth boxes but not one prediction (their AP is 0 by default)."""
+    import numpy as np
+
+    def labels(ds) -> set[int]:  # noqa: ANN001
+        seen = [s.detections.labels for s in ds.samples if len(s.detections)]
+        return set(np.concatenate(seen).tolist()) if seen else set()
+
+    have, asked = labels(preds), labels(gt)
+    return [gt.class_names[i] for i in sorted(asked - have) if 0 <= i < len(gt.class_names)]
+
+
+def _warn_unpredicted(gt, preds) -> None:  # noqa: ANN001 - two Datasets
+    missing = unpredicted_classes(gt, preds)
+    if not missing:
+        return
+    total = sum(len(s.detections) for s in preds.samples)
+    if total == 0:
+        console.print("[bold yellow]warning:[/] the predictions hold no boxes at all "
+                      f"({len(preds)} images): every AP is 0", highlight=False)
+    else:
+        console.print(f"[bold yellow]warning:[/] no predictions for {len(missing)} of "
+                      f"{len(gt.class_names)} classes with ground truth ({', '.join(missing)}): "
+                      "their AP is 0", highlight=False, soft_wrap=True)
 
 
 def _print_tables(result) -> None:  # noqa: ANN001 - an EvalResult

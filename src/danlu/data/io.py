@@ -280,6 +280,7 @@ def load_predictions(path: str | os.PathLike[str], gt: Dataset, format: str | No
     ctx = ReadContext(skip_invalid=skip_invalid, check_images=False)
     if not p.exists():
         raise DatasetError(f"{p}: no such file or folder")
+    p = _prediction_file(p, format)
     if format is None:
         format = _detect_predictions(p)
     return _predictions(p, gt, format, ctx)
@@ -323,7 +324,7 @@ def load_with_predictions(gt_path: str | os.PathLike[str], pred_path: str | os.P
     for path in (Path(gt_path), Path(pred_path)):  # in the order the reads report them
         if not path.exists():
             raise DatasetError(f"{path}: no such file or folder")
-    p = Path(pred_path)
+    p = _prediction_file(Path(pred_path), pred_format)
     format = pred_format or _detect_predictions(p)
     ctx = ReadContext(skip_invalid=skip_invalid, check_images=False)
     if format != "coco-results":
@@ -358,6 +359,16 @@ def _read_predictions(p: Path, gt: Dataset, format: str, ctx: ReadContext, cols:
         return predictions.yolo_label_predictions(p, gt, ctx)
     fmt = _format(format, p)
     return predictions.dataset_predictions(p, gt, fmt.name, fmt.read, ctx)
+
+
+def _prediction_file(p: Path, format: str | None) -> Path:
+    """``p``, or the ``predictions.json`` inside it when ``p`` is a folder ``danlu predict``
+    wrote (its other files, drawn pictures and other formats, are then not read)."""
+    inner = p / "predictions.json"
+    if p.is_dir() and format in (None, "danlu-predictions") and inner.is_file() \
+            and predictions.is_danlu_predictions(inner):
+        return inner
+    return p
 
 
 def _detect_predictions(p: Path) -> str:
