@@ -130,3 +130,39 @@ def test_eval_reads_the_folder_predict_wrote_and_names_unpredicted_classes(tmp_p
     present = {a["category_id"] for a in doc["annotations"]} - {doc["categories"][0]["id"]}
     names = [c["name"] for c in doc["categories"] if c["id"] in present]
     assert "no predictions for" in r.stderr and all(n in r.stderr for n in names)
+
+
+def test_training_ends_with_where_everything_went(tmp_path):
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "12",
+              "--image-size", "96", "--scale", "16,40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = danlu("train", "--data", "d", "--name", "w", "--project", "runs", "--epochs", "1",
+              "--img-size", "64", "--batch", "4", "--val-split", "0.25", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    run = Path("runs") / "w"
+    for text in (f"run folder: {run}", str(run / "best.pt"), str(run / "eval" / "report.html"),
+                 f"tensorboard --logdir {run}", "danlu predict", "GT boxes", "circle"):
+        assert text in r.stderr, text
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path):
+    import signal
+    import time
+
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "16",
+              "--image-size", "96", "--scale", "16,40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "danlu", "train", "--data", "d", "--name",
+                             "c", "--project", "runs", "--epochs", "1000", "--img-size", "64",
+                             "--batch", "2", "--val-split", "0", "--save-every-steps", "1"],
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "runs" / "c" / "last.pt"
+    for _ in range(6000):  # the first checkpoint: then interrupt
+        if last.exists() or proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert f"continue with: danlu train --resume {Path('runs') / 'c'}" in err
+    assert "Traceback" not in err

@@ -164,7 +164,43 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(result.to_dict())
         else:
-            info(f"best: {result.best}\nlast: {result.last}")
+            _where_it_went(result)
+
+
+def _where_it_went(result) -> None:  # noqa: ANN001 - a TrainResult
+    """Where the run's files are, what to do next, and the per-class AP of best.pt."""
+    import orjson
+
+    run = result.run_dir
+    lines = [f"run folder: {run}",
+             f"  weights:   {result.best} (best), {result.last} (last)",
+             f"  per epoch: {run / 'results.csv'}" + (f", curves in {run / 'plots'}/"
+                                                       if (run / "plots").is_dir() else "")]
+    report = run / "eval" / "report.html"
+    if report.is_file():
+        lines.append(f"  report:    {report} (the evaluation of best.pt)")
+    lines += [f"  events:    {run / 'history.jsonl'}; TensorBoard: tensorboard --logdir {run}",
+              f"next: danlu predict {result.best} IMAGES --out preds   "
+              f"(or danlu serve {result.best})"]
+    info("\n".join(lines))
+    metrics = run / "eval" / "metrics.json"
+    if not metrics.is_file():
+        return
+    doc = orjson.loads(metrics.read_bytes())
+    per_class, num_gt = doc.get("per_class") or {}, doc.get("num_gt") or {}
+    if not per_class:
+        return
+    from rich.table import Table
+
+    table = Table(title=f"best.pt on the validation set ({doc.get('protocol')})")
+    for col in ("class", "AP", "GT boxes"):
+        table.add_column(col, justify="left" if col == "class" else "right")
+    for name, ap in per_class.items():
+        table.add_row(name, "-" if ap is None else f"{ap:.3f}", str(num_gt.get(name, 0)))
+    from danlu.cli._common import console
+
+    if not _common._quiet["on"]:
+        console.print(table)
 
 
 def _floats(text: str, option: str) -> list[float]:

@@ -348,6 +348,15 @@ class Trainer(TrainerSeams, ResumableState):
             if self.stop_reason is not None:
                 break
 
+    def _say_how_to_resume(self) -> None:
+        if self.last_path.exists():
+            print(f"\ninterrupted at epoch {self.epoch + 1}, step {self.step}; the last "
+                  f"checkpoint is {self.last_path}\ncontinue with: danlu train --resume "
+                  f"{self.run_dir}", file=sys.stderr, flush=True)
+        else:
+            print("\ninterrupted before the first checkpoint: nothing to resume",
+                  file=sys.stderr, flush=True)
+
     def note_skipped(self, skipped: list[tuple[int, str]]) -> None:
         """Warn once about each training image that could not be decoded (and stood in for
         by another), and count it in :attr:`skipped_images`."""
@@ -429,6 +438,8 @@ class Trainer(TrainerSeams, ResumableState):
                 return self._fit()
             except KeyboardInterrupt:
                 self.event("interrupted")
+                if self.is_main:
+                    self._say_how_to_resume()
                 raise
             except Exception as e:
                 self.event("error", error=f"{type(e).__name__}: {e}")
