@@ -166,3 +166,28 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, err
     assert f"continue with: danlu train --resume {Path('runs') / 'c'}" in err
     assert "Traceback" not in err
+
+
+def test_resume_extends_a_finished_run_and_time_alone_sets_the_length(tmp_path):
+    import json
+
+    import yaml
+
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "8",
+              "--image-size", "96", "--scale", "16,40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    base = ("--img-size", "64", "--batch", "4", "--val-split", "0")
+    r = danlu("train", "--data", "d", "--name", "e", "--project", "runs", "--epochs", "1",
+              *base, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    r = danlu("train", "--resume", "runs/e", "--epochs", "3", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["epochs"] == 3
+    r = danlu("train", "--resume", "runs/e", "--epochs", "2", cwd=tmp_path)
+    assert r.returncode == 2 and "done 3 epochs already" in r.stderr
+    r = danlu("train", "--data", "d", "--name", "t", "--project", "runs", "--time", "0.02",
+              "--json", *base, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["stop_reason"] == "time"
+    cfg = yaml.safe_load((tmp_path / "runs" / "t" / "config.yaml").read_text())
+    assert cfg["epochs"] > 10 and "until the budget" in r.stderr

@@ -71,7 +71,8 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option(None, "--name", help="Run name (default exp, exp2, ...)."),
         project: str = typer.Option(_D.project, "--project", help="Folder of runs."),
         resume: str = typer.Option(None, "--resume", help="Continue runs/NAME exactly."),
-        time: float = typer.Option(None, "--time", help="Training time budget in minutes."),
+        time: float = typer.Option(None, "--time", help="Training time budget in minutes (without --epochs: "
+                                   "train until it is spent)."),
         seed: int = typer.Option(_D.seed, "--seed"),
         deterministic: bool = typer.Option(_D.deterministic, "--deterministic/"
                                            "--no-deterministic",
@@ -153,6 +154,11 @@ def register(app: typer.Typer) -> None:
             result = train(resume=resume, **given, **run_kwargs)
         else:
             file_values = load_yaml(config) if config is not None else {}
+            if given.get("time") and "epochs" not in given and "epochs" not in file_values:
+                # a time budget alone trains for the budget, not for the default 10 epochs
+                given["epochs"] = TIME_ONLY_EPOCHS
+                info(f"--time {given['time']:g} without --epochs: training until the budget "
+                     "is spent")
             cfg = TrainConfig.from_dict(file_values, source=str(config)).merged(given) \
                 if config is not None else TrainConfig.from_dict(given, source="options")
             if not cfg.data:
@@ -165,6 +171,10 @@ def register(app: typer.Typer) -> None:
             print_json(result.to_dict())
         else:
             _where_it_went(result)
+
+
+#: the epochs cap of a run given ``--time`` but no ``--epochs`` (the budget ends it first)
+TIME_ONLY_EPOCHS = 100_000
 
 
 def _where_it_went(result) -> None:  # noqa: ANN001 - a TrainResult

@@ -188,6 +188,8 @@ def _train(data: Any, model: str | None, epochs: int | None, out: str | Path | N
                               loss_fn=loss_fn, resume_from=resume_from, progress=progress,
                               verbose=verbose and main, rank=dist_info.rank,
                               world_size=dist_info.world_size, local_rank=dist_info.local_rank)
+        if resume_from is not None and "epochs" in given:  # extend (or shorten) the run
+            trainer.resume_epochs = int(given["epochs"])
         return trainer.fit()
     except BaseException:
         # a run that failed before its first checkpoint (a bad --model, no CUDA) leaves no

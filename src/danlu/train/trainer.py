@@ -39,7 +39,7 @@ import orjson
 import torch
 from torch import nn
 
-from danlu.errors import DatasetError
+from danlu.errors import ConfigError, DatasetError
 from danlu.models.device import resolve_device
 from danlu.structures import Dataset
 from danlu.targets import Target
@@ -236,6 +236,8 @@ class Trainer(TrainerSeams, ResumableState):
         if self._resume_ckpt is not None:
             self.load_state(self._resume_ckpt)
             self._resume_ckpt = None  # its tensors are copied into the model and optimizer
+            if self.resume_epochs is not None and self.resume_epochs != self.total_epochs:
+                self._extend(int(self.resume_epochs))
 
     def save_last(self) -> None:
         if not self.is_main:
@@ -347,6 +349,20 @@ class Trainer(TrainerSeams, ResumableState):
             self.sync_control()
             if self.stop_reason is not None:
                 break
+
+    #: set by ``danlu.train(resume=..., epochs=N)``: the run's new length in epochs
+    resume_epochs: int | None = None
+
+    def _extend(self, epochs: int) -> None:
+        """Resume to ``epochs`` epochs in all (more, to extend a finished run; fewer, to end
+        sooner): the learning-rate schedule is stretched or shrunk to end there."""
+        done = self.epoch + (1 if self.batch_in_epoch else 0)
+        if epochs < max(done, 1):
+            raise ConfigError(f"--epochs {epochs}: the run has done {self.epoch} epochs "
+                              f"already (of {self.total_epochs})",
+                              hint=f"give --epochs above {self.epoch} to train more")
+        self.replan(epochs * self.batches_per_epoch, epochs, reason="extended",
+                    asked_epochs=epochs)
 
     def _say_how_to_resume(self) -> None:
         if self.last_path.exists():
