@@ -71,8 +71,8 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Option(None, "--name", help="Run name (default exp, exp2, ...)."),
         project: str = typer.Option(_D.project, "--project", help="Folder of runs."),
         resume: str = typer.Option(None, "--resume", help="Continue runs/NAME exactly."),
-        time: float = typer.Option(None, "--time", help="Training time budget in minutes (without --epochs: "
-                                   "train until it is spent)."),
+        time: float = typer.Option(None, "--time", help="Training time budget in minutes "
+                                   "(without --epochs: train until it is spent)."),
         seed: int = typer.Option(_D.seed, "--seed"),
         deterministic: bool = typer.Option(_D.deterministic, "--deterministic/"
                                            "--no-deterministic",
