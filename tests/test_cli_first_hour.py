@@ -191,3 +191,25 @@ def test_resume_extends_a_finished_run_and_time_alone_sets_the_length(tmp_path):
     assert json.loads(r.stdout)["stop_reason"] == "time"
     cfg = yaml.safe_load((tmp_path / "runs" / "t" / "config.yaml").read_text())
     assert cfg["epochs"] > 10 and "until the budget" in r.stderr
+
+
+def test_one_skip_invalid_policy_for_every_command_that_reads_a_dataset(tmp_path):
+    import re
+
+    r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "8",
+              "--image-size", "96", "--scale", "16,40", "--format", "voc", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    xml = sorted((tmp_path / "d").rglob("*.xml"))[1]
+    xml.write_text(re.sub(r"<bndbox>.*?</bndbox>", "", xml.read_text(), count=1, flags=re.S))
+    train = ("train", "--data", "d", "--epochs", "1", "--img-size", "64", "--batch", "4",
+             "--val-split", "0", "--project", "runs")
+    for args in (train + ("--name", "a"), ("data", "stats", "d"),
+                 ("eval", "--gt", "d", "--pred", "d")):
+        r = danlu(*args, cwd=tmp_path)
+        assert r.returncode == 2, (args, r.stderr)
+        assert "bndbox" in r.stderr and "--skip-invalid" in r.stderr, (args, r.stderr)
+    for args in (train + ("--name", "b"), ("data", "stats", "d"),
+                 ("eval", "--gt", "d", "--pred", "d")):
+        r = danlu(*args, "--skip-invalid", cwd=tmp_path)
+        assert r.returncode == 0, (args, r.stderr)
+        assert "skipped" in r.stderr and xml.name in r.stderr, (args, r.stderr)

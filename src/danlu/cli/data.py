@@ -109,7 +109,12 @@ def register_stats(app: typer.Typer) -> None:
         else:
             _print_table(st)
         if st["warnings"]:
-            console.print(f"skipped {st['warnings']} invalid items", highlight=False)
+            skipped = ds.meta.get("warnings") or []
+            for w in skipped[:20]:
+                console.print(f"skipped: {w}", highlight=False, soft_wrap=True)
+            console.print(f"skipped {st['warnings']} invalid items"
+                          + (" (the first 20 listed)" if len(skipped) > 20 else ""),
+                          highlight=False)
         if check_images:
             bad = st["broken_images"]
             for b in bad[:20]:

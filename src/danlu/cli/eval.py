@@ -42,6 +42,9 @@ def register(app: typer.Typer) -> None:
                                     "confusion matrix and error gallery into this folder."),
         score: float = typer.Option(0.25, "--score", help="Report: score threshold of the "
                                     "confusion matrix and gallery."),
+        skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip invalid "
+                                          "annotations and predictions (each named) instead "
+                                          "of stopping at the first."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document: 'stats' "
                                      "(COCO: the 12 numbers in pycocotools' order), the named "
                                      "metrics beside it, per-class AP."),
@@ -79,7 +82,15 @@ def register(app: typer.Typer) -> None:
         info(f"reading ground truth {gt} and predictions {pred}")
         gt_ds, preds = load_with_predictions(gt, pred, gt_format=gt_format,
                                              pred_format=pred_format,
-                                             check_images=report is not None)
+                                             check_images=report is not None,
+                                             skip_invalid=skip_invalid)
+        for what, ds in (("ground truth", gt_ds), ("predictions", preds)):
+            skipped = ds.meta.get("warnings") or []
+            for w in skipped[:10]:
+                console.print(f"skipped ({what}): {w}", highlight=False, soft_wrap=True)
+            if len(skipped) > 10:
+                console.print(f"... and {len(skipped) - 10} more skipped in the {what}",
+                              highlight=False)
         _warn_unpredicted(gt_ds, preds)
         result = evaluate(gt_ds, preds, protocol=protocol, **options)
         report_path = None

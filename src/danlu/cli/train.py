@@ -77,6 +77,9 @@ def register(app: typer.Typer) -> None:
         deterministic: bool = typer.Option(_D.deterministic, "--deterministic/"
                                            "--no-deterministic",
                                            help="Reproducible algorithms."),
+        skip_invalid: bool = typer.Option(_D.skip_invalid, "--skip-invalid/--no-skip-invalid",
+                                          help="Skip invalid annotations (each named) instead "
+                                          "of stopping at the first."),
         strict: bool = typer.Option(_D.strict, "--strict/--no-strict", help="Stop at the first "
                                     "training image that cannot be decoded (default: skip it "
                                     "with a warning and count it)."),

@@ -30,11 +30,11 @@ from danlu.train.trainer import LossFn, Trainer, TrainResult
 #: Options that may change when resuming (the rest must match the checkpoint's run).
 RESUME_OVERRIDABLE = frozenset({"device", "workers", "epochs", "time", "patience", "data",
                                 "val", "resume", "final_eval", "plots", "data_format",
-                                "distributed", "max_steps", "strict"})
+                                "distributed", "max_steps", "strict", "skip_invalid"})
 _RUN_FILES = ("last.pt", "best.pt", "results.csv", "history.jsonl", "config.yaml")
 
 
-def _load(data: Any, fmt: str | None, what: str) -> Any:
+def _load(data: Any, fmt: str | None, what: str, skip_invalid: bool = False) -> Any:
     if isinstance(data, (str, Path)):
         if str(data).endswith(".pack"):
             from danlu.data.pack import PackedDataset
@@ -42,7 +42,16 @@ def _load(data: Any, fmt: str | None, what: str) -> Any:
             return PackedDataset(data)
         from danlu.data.io import load_dataset
 
-        return load_dataset(data, format=fmt)
+        ds = load_dataset(data, format=fmt, skip_invalid=skip_invalid)
+        skipped = ds.meta.get("warnings") or []
+        if skipped:  # named, so that nothing is dropped unseen
+            import sys
+
+            shown = "".join(f"\n  {w}" for w in skipped[:10])
+            more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+            print(f"warning: {what}: skipped {len(skipped)} invalid items:{shown}{more}",
+                  file=sys.stderr, flush=True)
+        return ds
     if data is None:
         raise ConfigError(f"no {what} given", hint="pass a Dataset or --data PATH")
     return data
@@ -228,11 +237,12 @@ def _prepare_run_dir(cfg: TrainConfig, out: str | Path | None,
 
 def _datasets(data: Any, val: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     """The training and validation data (validation split off when no ``val``)."""
-    train_data = _load(data if data is not None else cfg.data, cfg.data_format, "training data")
+    train_data = _load(data if data is not None else cfg.data, cfg.data_format, "training data",
+                       cfg.skip_invalid)
     val_data = None
     if val is not None or cfg.val:
         val_data = _load(val if val is not None else cfg.val, cfg.data_format,
-                         "validation data")
+                         "validation data", cfg.skip_invalid)
     elif cfg.val_split > 0:
         if not isinstance(train_data, Dataset):
             raise ConfigError("val_split needs a Dataset; pass val= for packed data")

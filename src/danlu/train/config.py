@@ -75,6 +75,9 @@ class TrainConfig:
         deterministic: use deterministic algorithms (bitwise reproducible on CPU).
         strict: stop at the first training image that cannot be decoded (default: skip it,
             with a warning naming it, and count it in the summary).
+        skip_invalid: skip invalid annotations (a box without coordinates, a label file that
+            does not parse) while reading the datasets, each named in a warning, instead of
+            stopping at the first.
         ema / ema_decay / ema_tau: keep an exponential moving average of the weights, which is
             what is evaluated and saved as the model.
         amp: mixed precision on CUDA (ignored elsewhere).
@@ -136,6 +139,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     strict: bool = False
+    skip_invalid: bool = False
     ema: bool = True
     ema_decay: float = 0.9998
     ema_tau: float = 200.0

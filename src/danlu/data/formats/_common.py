@@ -29,6 +29,11 @@ def no_progress(items: Iterable[Any], description: str, total: int) -> Iterable[
     return items
 
 
+#: how every reader's invalid-item error ends: the one policy of the commands reading datasets
+SKIP_HINT = ("--skip-invalid (skip_invalid=True in Python) skips such items, each named in "
+             "the warnings")
+
+
 @dataclass
 class ReadContext:
     """Options every reader takes, and the warnings it collects with ``skip_invalid``.
@@ -48,7 +53,7 @@ class ReadContext:
 
     def fail(self, message: str, hint: str | None = None) -> None:
         if not self.skip_invalid:
-            raise DatasetError(message, hint=hint)
+            raise DatasetError(message, hint=f"{hint}; or {SKIP_HINT}" if hint else SKIP_HINT)
         self.warnings.append(message)
 
 
