@@ -213,3 +213,13 @@ def test_one_skip_invalid_policy_for_every_command_that_reads_a_dataset(tmp_path
         r = danlu(*args, "--skip-invalid", cwd=tmp_path)
         assert r.returncode == 0, (args, r.stderr)
         assert "skipped" in r.stderr and xml.name in r.stderr, (args, r.stderr)
+
+
+def test_global_flags_work_after_the_command(tmp_path):
+    r = danlu("train", "--data", "nowhere", "--debug", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" in r.stderr  # --debug shows it
+    r = danlu("train", "--data", "nowhere", cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    r = danlu("data", "synth", "--out", "d", "--num-images", "2", "--image-size", "96",
+              "--scale", "16,40", "-q", cwd=tmp_path)
+    assert r.returncode == 0 and "No such option" not in r.stderr

@@ -91,7 +91,16 @@ def main(argv: list[str] | None = None) -> int:
             _fast_exit()
 
 
+def hoist_global_flags(args: list[str]) -> list[str]:
+    """``--debug`` / ``--quiet`` / ``-q`` wherever they are (before a ``--``) moved to the
+    front, where the root command reads them: ``danlu train ... --debug`` works too."""
+    end = args.index("--") if "--" in args else len(args)
+    flags = [a for a in args[:end] if a in _GLOBAL_FLAGS]
+    return flags + [a for a in args[:end] if a not in _GLOBAL_FLAGS] + args[end:]
+
+
 def _run(args: list[str]) -> int:
+    args = hoist_global_flags(args)
     debug = "--debug" in args
     command = _command(args)
     try:
