@@ -9,6 +9,7 @@ Example:
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from danlu.errors import ConfigError, DatasetError
@@ -74,6 +75,41 @@ class ResumableState:
             if key in saved:
                 cb.load_state_dict(saved[key])
         self.event("resumed", checkpoint=str(self.resume_from))
+
+    #: set by ``danlu.train(resume=..., epochs=N)``: the run's new length in epochs
+    resume_epochs: int | None = None
+
+    def _extend(self, epochs: int) -> None:
+        """Resume to ``epochs`` epochs in all (more, to extend a finished run; fewer, to end
+        sooner): the learning-rate schedule is stretched or shrunk to end there."""
+        done = self.epoch + (1 if self.batch_in_epoch else 0)
+        if epochs < max(done, 1):
+            raise ConfigError(f"--epochs {epochs}: the run has done {self.epoch} epochs "
+                              f"already (of {self.total_epochs})",
+                              hint=f"give --epochs above {self.epoch} to train more")
+        self.replan(epochs * self.batches_per_epoch, epochs, reason="extended",
+                    asked_epochs=epochs)
+
+    def _say_how_to_resume(self) -> None:
+        if self.last_path.exists():
+            print(f"\ninterrupted at epoch {self.epoch + 1}, step {self.step}; the last "
+                  f"checkpoint is {self.last_path}\ncontinue with: danlu train --resume "
+                  f"{self.run_dir}", file=sys.stderr, flush=True)
+        else:
+            print("\ninterrupted before the first checkpoint: nothing to resume",
+                  file=sys.stderr, flush=True)
+
+    def note_skipped(self, skipped: list[tuple[int, str]]) -> None:
+        """Warn once about each training image that could not be decoded (and stood in for
+        by another), and count it in :attr:`skipped_images`."""
+        for index, reason in skipped:
+            if index in self.skipped_images:
+                continue
+            self.skipped_images[index] = reason
+            self.event("image_skipped", index=int(index), error=reason)
+            if self.is_main:
+                print(f"warning: skipped a training image that cannot be decoded: {reason}",
+                      file=sys.stderr, flush=True)
 
     def checkpoint(self, *, with_train_state: bool = True) -> dict[str, Any]:
         """A checkpoint dict: what ``Predictor`` needs, plus the training state."""
