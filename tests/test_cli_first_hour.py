@@ -223,3 +223,13 @@ def test_global_flags_work_after_the_command(tmp_path):
     r = danlu("data", "synth", "--out", "d", "--num-images", "2", "--image-size", "96",
               "--scale", "16,40", "-q", cwd=tmp_path)
     assert r.returncode == 0 and "No such option" not in r.stderr
+
+
+@pytest.mark.parametrize("size", ["64", "40x30", "256"])
+def test_synth_default_scale_fits_small_images(tmp_path, size):
+    from danlu.cli.data_prep import default_scale
+
+    assert default_scale((256, 256)) == (16, 80)  # the default scenes keep their bytes
+    r = danlu("data", "synth", "--out", "d", "--num-images", "2", "--image-size", size,
+              cwd=tmp_path)
+    assert r.returncode == 0, r.stderr

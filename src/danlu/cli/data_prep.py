@@ -61,6 +61,13 @@ def _floats(text: str, name: str, n: int | None = None) -> list[float]:
     return values
 
 
+def default_scale(size: tuple[int, int]) -> tuple[int, int]:
+    """``--scale`` when not given: 16-80 px, capped at half the shorter image side (so
+    ``--image-size 64`` works without a ``--scale``)."""
+    hi = max(1, min(80, min(size) // 2))
+    return min(16, max(1, hi // 2)), hi
+
+
 def _image_size(text: str) -> tuple[int, int]:
     parts = text.lower().replace(",", "x").split("x")
     try:
@@ -98,7 +105,8 @@ def register(data_app: typer.Typer) -> None:
         fmt: str = typer.Option("voc", "--format", "-f", help="voc | coco | yolo | dota."),
         image_size: str = typer.Option("256", "--image-size", help="N or WxH pixels."),
         objects: str = typer.Option("1,6", "--objects", help="Min,max objects per image."),
-        scale: str = typer.Option("16,80", "--scale", help="Min,max object size in pixels."),
+        scale: str = typer.Option(None, "--scale", help="Min,max object size in pixels "
+                                  "(default 16,80, capped at half the image's shorter side)."),
         rotation: float = typer.Option(None, "--rotation", help="Max rotation in degrees "
                                        "(default: 180 shapes, 15 digits)."),
         color_jitter: float = typer.Option(0.15, "--color-jitter", help="Brightness and "
@@ -115,8 +123,10 @@ def register(data_app: typer.Typer) -> None:
         from danlu.data.synth import synthesize
 
         lo, hi = _floats(objects, "--objects", 2)
-        smin, smax = _floats(scale, "--scale", 2)
-        ds = synthesize(preset, num_images, seed, image_size=_image_size(image_size),
+        size = _image_size(image_size)
+        smin, smax = (_floats(scale, "--scale", 2) if scale is not None
+                      else default_scale(size))
+        ds = synthesize(preset, num_images, seed, image_size=size,
                         objects_per_image=(int(lo), int(hi)), scale_range=(int(smin), int(smax)),
                         rotation=rotation, color_jitter=color_jitter, max_overlap=max_overlap,
                         progress=_bar(f"synth {preset}"))
