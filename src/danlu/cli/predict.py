@@ -11,19 +11,6 @@ import typer
 from danlu.cli._common import counter, info, print_json
 
 
-def _slice(value: str | None) -> int | str | None:
-    from danlu.errors import ConfigError
-
-    if value is None or value.lower() in ("", "off", "none", "0"):
-        return None
-    if value.lower() == "auto":
-        return "auto"
-    try:
-        return int(value)
-    except ValueError:
-        raise ConfigError(f"--slice {value!r}: expected a tile side in pixels or 'auto'") from None
-
-
 def _class_thresholds(path: Path | None) -> dict[Any, float]:
     """A YAML / JSON mapping ``{class name or label id: min score}``."""
     if path is None:
@@ -136,7 +123,9 @@ def register(app: typer.Typer) -> None:
         from danlu.infer.sources import expand_sources
 
         fmts = check_formats(formats)
-        tile = _slice(slice_)
+        from danlu.infer.slicing import parse_slice_size
+
+        tile = parse_slice_size(slice_)
         if merge not in ("default", "dota"):
             from danlu.errors import ConfigError
 

@@ -104,6 +104,25 @@ def slice_windows(width: int, height: int, size: int, overlap: float = 0.2) -> l
     return [(x, y, min(x + size, width), min(y + size, height)) for y in ys for x in xs]
 
 
+def parse_slice_size(value: object, name: str = "--slice") -> int | str | None:
+    """A ``--slice`` value as a user types it -> a tile side in pixels, ``"auto"``, or None
+    (``""``, ``off``, ``none``, ``0``: no slicing); ConfigError naming ``name`` otherwise.
+
+    Example:
+        >>> parse_slice_size("640"), parse_slice_size("AUTO"), parse_slice_size("off")
+        (640, 'auto', None)
+    """
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("", "off", "none", "0"):
+        return None
+    if text == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"{name} {value!r}: expected a tile side in pixels or 'auto'") from None
+
+
 def auto_slice_size(model_size: int | None, width: int, height: int) -> int:
     """``--slice auto``: tiles of the model's own input side, so the model sees objects at the
     scale it was trained on; an image at most 1.5x that side is one tile (no slicing). A model
@@ -404,6 +423,7 @@ def merge_tiles(found: list[Detections], cuts: list[np.ndarray], merge: PostProc
     return merge(det)
 
 
-__all__ = ["sliced_predict", "reader_threads", "slice_windows", "auto_slice_size", "cut_sides",
+__all__ = ["sliced_predict", "reader_threads", "slice_windows", "auto_slice_size",
+           "parse_slice_size", "cut_sides",
            "resolve_cut_boxes", "merge_tiles", "default_merge", "dota_merge", "SliceStats",
            "DOTA_IOU"]

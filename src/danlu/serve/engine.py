@@ -206,7 +206,7 @@ class Engine:
         out = []
         for it, cand in zip(items, cands, strict=True):
             t1 = time.perf_counter()
-            det = p.finish(_at_least(cand, it.options.score_threshold))
+            det = p.finish(cand.filter(min_score=it.options.score_threshold))
             det = _select(p.transform.back(det, it.frame, drop_outside=True), it.options)
             out.append(Outcome(det, infer_s, time.perf_counter() - t1))
         return out
@@ -218,7 +218,8 @@ class Engine:
         t0 = time.perf_counter()
         dets = list(self.predictor.predict_arrays([it.array for it in items], low))
         took = (time.perf_counter() - t0) / max(1, len(items))
-        return [Outcome(_select(_at_least(d, it.options.score_threshold), it.options), took, 0.0)
+        return [Outcome(_select(d.filter(min_score=it.options.score_threshold), it.options), took,
+                        0.0)
                 for it, d in zip(items, dets, strict=True)]
 
     def run_sliced(self, item: Prepared) -> Outcome:
@@ -302,17 +303,10 @@ def decode_upload(data: bytes, config: ServeConfig) -> np.ndarray:
                              stage="decode") from e
 
 
-def _at_least(det: Detections, threshold: float) -> Detections:
-    if not len(det) or det.scores is None:
-        return det
-    keep = det.scores >= threshold
-    return det if keep.all() else det[keep]
-
-
 def _select(det: Detections, options: DetectOptions) -> Detections:
     """The request's class filter and cap (best first)."""
-    if options.labels is not None and len(det):
-        det = det[np.isin(det.labels, sorted(options.labels))]
+    if options.labels is not None:
+        det = det.filter(labels=options.labels)
     if options.max_detections is not None and len(det) > options.max_detections:
         order = np.argsort(-det.scores, kind="stable")[: options.max_detections]
         det = det[np.sort(order)]
@@ -332,15 +326,14 @@ def _number(value: Any, name: str, kind: type, default: Any) -> Any:
 
 
 def _slice(value: Any) -> int | str | None:
-    if value is None or str(value).strip().lower() in ("", "off", "none", "0"):
-        return None
-    if str(value).strip().lower() == "auto":
-        return "auto"
+    from danlu.errors import ConfigError
+    from danlu.infer.slicing import parse_slice_size
+
     try:
-        side = int(value)
-    except ValueError:
-        raise bad_option(f"slice must be a tile side in pixels or 'auto', got {value!r}") from None
-    if side < 32:
+        side = parse_slice_size(value, "slice")
+    except ConfigError as e:
+        raise bad_option(e.message) from None
+    if isinstance(side, int) and side < 32:
         raise bad_option(f"slice must be at least 32 pixels, got {side}")
     return side
 
