@@ -33,7 +33,7 @@ def test_missing_extra_is_one_line_before_any_work(monkeypatch, capsys):
 
 
 def test_every_benchmark_names_what_it_needs(monkeypatch):
-    _without(monkeypatch, *cli_bench.OPTIONAL)
+    _without(monkeypatch, *cli_bench.OPTIONAL_MODULES)
     needs = {b: cli_bench.missing_for(b.replace("-", "_")) for b in cli_bench.available()}
     assert "ensemble_boxes" in needs["boxes"] and "pycocotools" in needs["eval"]
     assert "ultralytics" in needs["train"] and "sahi" in needs["predict"]

@@ -159,6 +159,31 @@ def _identity(x: int) -> int:
     return x
 
 
+_BENCH = "pip install 'danlu[bench]'"
+#: optional modules danlu's commands and benchmarks import, and how to install each
+OPTIONAL_MODULES = {
+    **dict.fromkeys(("ensemble_boxes", "pycocotools", "faster_coco_eval", "hotcoco", "globox",
+                     "albumentations", "shapely", "tqdm", "litserve", "flask", "redis"),
+                    _BENCH),
+    "ultralytics": "pip install 'danlu[bench-train]'",
+    "sahi": "pip install --no-deps sahi==0.12.8 (what `make test` installs)",
+    "cv2": "pip install 'danlu[opencv]'",
+    **dict.fromkeys(("onnx", "onnxruntime", "onnxscript"), "pip install 'danlu[onnx]'"),
+    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "prometheus_client", "httpx"),
+                    "pip install 'danlu[serve]'"),
+    **dict.fromkeys(("sklearn", "skimage"), "pip install 'danlu[digits]'"),
+}
+
+
+def missing_modules(modules: Iterable[str]) -> dict[str, str]:
+    """Those of ``modules`` (top-level names in :data:`OPTIONAL_MODULES`) this environment
+    lacks, each with how to install it."""
+    import importlib.util
+
+    return {m: OPTIONAL_MODULES[m] for m in modules
+            if m in OPTIONAL_MODULES and importlib.util.find_spec(m) is None}
+
+
 def print_json(document: Any) -> None:
     """Print exactly one JSON document on stdout."""
     sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import typer
 
+from danlu.cli._common import OPTIONAL_MODULES, missing_modules
 from danlu.errors import ConfigError
 
 
@@ -19,22 +20,6 @@ def benchmarks_dir() -> Path:
             return root / "benchmarks"
     raise ConfigError("cannot find the benchmarks/ folder",
                       hint="run `danlu bench` from the root of a danlu source checkout")
-
-
-_BENCH = "pip install 'danlu[bench]'"
-#: optional modules the benchmarks import, and how to install each
-OPTIONAL = {
-    **dict.fromkeys(("ensemble_boxes", "pycocotools", "faster_coco_eval", "hotcoco", "globox",
-                     "albumentations", "shapely", "tqdm", "litserve", "flask", "redis"),
-                    _BENCH),
-    "ultralytics": "pip install 'danlu[bench-train]'",
-    "sahi": "pip install --no-deps sahi==0.12.8 (what `make test` installs)",
-    "cv2": "pip install 'danlu[opencv]'",
-    **dict.fromkeys(("onnx", "onnxruntime", "onnxscript"), "pip install 'danlu[onnx]'"),
-    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "prometheus_client", "httpx"),
-                    "pip install 'danlu[serve]'"),
-    **dict.fromkeys(("sklearn", "skimage"), "pip install 'danlu[digits]'"),
-}
 
 
 def _guarded(handler_types: list[ast.expr]) -> bool:
@@ -86,7 +71,6 @@ def _required_imports(path: Path, *, top_level_only: bool = False
 def missing_for(module_name: str) -> dict[str, str]:
     """The optional modules benchmark ``module_name`` (and its helpers) needs and this
     environment lacks, each with how to install it."""
-    import importlib.util
 
     root = benchmarks_dir()
     seen, todo, needed = set(), [module_name], set()
@@ -99,8 +83,7 @@ def missing_for(module_name: str) -> dict[str, str]:
                                           top_level_only=name != module_name)
         needed |= mods
         todo.extend(helpers)
-    return {m: OPTIONAL[m] for m in sorted(needed)
-            if m in OPTIONAL and importlib.util.find_spec(m) is None}
+    return missing_modules(sorted(needed))
 
 
 def _missing_error(name: str, missing: dict[str, str]) -> ConfigError:
@@ -156,9 +139,9 @@ def _bench(name: str | None = None, quick: bool = False, as_json: bool = False) 
         rows = module.run(quick=quick)
     except ModuleNotFoundError as e:  # one the scan could not see (a dynamic import)
         top = (e.name or "").split(".")[0]
-        if top not in OPTIONAL:
+        if top not in OPTIONAL_MODULES:
             raise
-        raise _missing_error(name, {top: OPTIONAL[top]}) from e
+        raise _missing_error(name, {top: OPTIONAL_MODULES[top]}) from e
     custom = getattr(module, "REPORT", None)  # a benchmark with its own table (e.g. cold)
     if custom is not None:
         custom(rows, as_json=as_json)

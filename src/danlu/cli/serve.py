@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from danlu.cli._common import info
+from danlu.cli._common import info, missing_modules
 
 #: the modules the serve extra brings, and the pip name of each
 _NEEDS = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart",
@@ -15,14 +15,12 @@ _NEEDS = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multi
 
 def require_serve_extra() -> None:
     """One clear error naming the extra when a serving dependency is missing."""
-    import importlib.util
-
     from danlu.errors import ConfigError
 
-    missing = [pip for mod, pip in _NEEDS.items() if importlib.util.find_spec(mod) is None]
+    missing = missing_modules(_NEEDS)
     if missing:
-        raise ConfigError(f"danlu serve needs {', '.join(missing)}, which is not installed",
-                          hint="pip install 'danlu[serve]'")
+        raise ConfigError(f"danlu serve needs {', '.join(_NEEDS[m] for m in missing)}, which "
+                          "is not installed", hint="; ".join(sorted(set(missing.values()))))
 
 
 def register(app: typer.Typer) -> None:
@@ -69,7 +67,8 @@ def register(app: typer.Typer) -> None:
         """
         require_serve_extra()
         from danlu.serve.config import ENV_TOKEN, ServeConfig
-        from danlu.serve.server import load_engine, run
+        from danlu.serve.engine import Engine
+        from danlu.serve.server import run
 
         config = ServeConfig(
             model, device=device, score_threshold=score_threshold, max_batch=max_batch,
@@ -79,7 +78,7 @@ def register(app: typer.Typer) -> None:
             cors_origins=tuple(cors_origin or ()), host=host, port=port, workers=workers,
             model_nice=model_nice)
         info(f"loading {model} ...")
-        engine = load_engine(config)
+        engine = Engine.open(config)  # once here: a bad MODEL is one error before any server
         if host not in ("127.0.0.1", "localhost", "::1") and not config.token:
             info("warning: listening beyond this machine with no --token: anyone who reaches "
                  "the port can use the model")
