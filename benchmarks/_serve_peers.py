@@ -70,12 +70,11 @@ def free_port() -> int:
 
 def detections_json(det: Any, class_names: list[str], width: int, height: int,
                     batch_size: int) -> dict[str, Any]:
-    """The 200 body of ``/v1/detect`` (API.md) for ``det``, as the peers send it."""
-    dets = [{"box": [round(float(v), 2) for v in box], "label": int(lab),
-             "class_name": class_names[int(lab)] if 0 <= int(lab) < len(class_names)
-             else str(int(lab)), "score": round(float(s), 4)}
-            for box, lab, s in zip(det.xyxy.tolist(), det.labels.tolist(),
-                                   det.scores.tolist(), strict=True)]
+    """The 200 body of ``/v1/detect`` for ``det``, as the peers send it: the detections as
+    danlu serve writes them (its own function), so every server answers the same JSON."""
+    from danlu.serve.engine import detections_json as api_detections
+
+    dets = api_detections(det, class_names)
     return {"width": int(width), "height": int(height), "count": len(dets),
             "detections": dets, "batch_size": int(batch_size)}
 

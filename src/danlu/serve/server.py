@@ -101,12 +101,6 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_engine(config: ServeConfig) -> Engine:
-    """Build the model once in the calling process, so a bad MODEL is one clear error before
-    any server starts."""
-    return Engine.open(config)
-
-
 def _uvicorn_config(app: Any, config: ServeConfig, log_level: str) -> uvicorn.Config:
     return uvicorn.Config(app, factory=isinstance(app, str), log_level=log_level,
                           timeout_graceful_shutdown=max(1, int(config.drain_s) + 5),
@@ -211,4 +205,4 @@ def _supervise(config: ServeConfig, sock: socket.socket, url: str, log_level: st
                 proc.kill()
 
 
-__all__ = ["run", "bind", "load_engine", "DrainingServer", "APP"]
+__all__ = ["run", "bind", "DrainingServer", "APP"]
