@@ -109,12 +109,10 @@ def register_stats(app: typer.Typer) -> None:
         else:
             _print_table(st)
         if st["warnings"]:
-            skipped = ds.meta.get("warnings") or []
-            for w in skipped[:20]:
-                console.print(f"skipped: {w}", highlight=False, soft_wrap=True)
-            console.print(f"skipped {st['warnings']} invalid items"
-                          + (" (the first 20 listed)" if len(skipped) > 20 else ""),
-                          highlight=False)
+            from danlu.data.io import skipped_report
+
+            console.print(skipped_report(ds.meta.get("warnings") or [], limit=20),
+                          highlight=False, soft_wrap=True)
         if check_images:
             bad = st["broken_images"]
             for b in bad[:20]:

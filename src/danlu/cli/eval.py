@@ -84,13 +84,12 @@ def register(app: typer.Typer) -> None:
                                              pred_format=pred_format,
                                              check_images=report is not None,
                                              skip_invalid=skip_invalid)
+        from danlu.data.io import skipped_report
+
         for what, ds in (("ground truth", gt_ds), ("predictions", preds)):
-            skipped = ds.meta.get("warnings") or []
-            for w in skipped[:10]:
-                console.print(f"skipped ({what}): {w}", highlight=False, soft_wrap=True)
-            if len(skipped) > 10:
-                console.print(f"... and {len(skipped) - 10} more skipped in the {what}",
-                              highlight=False)
+            report = skipped_report(ds.meta.get("warnings") or [], what)
+            if report:
+                console.print(report, highlight=False, soft_wrap=True)
         _warn_unpredicted(gt_ds, preds)
         result = evaluate(gt_ds, preds, protocol=protocol, **options)
         report_path = None

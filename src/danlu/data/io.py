@@ -389,6 +389,24 @@ def _detect_predictions(p: Path) -> str:
                             f"dataset format ({', '.join(FORMATS)})")
 
 
+def skipped_report(warnings: Sequence[str], where: str = "", limit: int = 10) -> str:
+    """What a ``skip_invalid`` read skipped, for people: a count line, then the first
+    ``limit`` items (each names its file), then how many more. Empty when nothing was skipped.
+
+    Example:
+        >>> print(skipped_report(["a.xml: object 1 has no <bndbox>"], "training data"))
+        skipped 1 invalid items (training data):
+          a.xml: object 1 has no <bndbox>
+    """
+    if not warnings:
+        return ""
+    head = f"skipped {len(warnings)} invalid items" + (f" ({where})" if where else "")
+    lines = [head + ":", *(f"  {w}" for w in warnings[:limit])]
+    if len(warnings) > limit:
+        lines.append(f"  ... and {len(warnings) - limit} more")
+    return "\n".join(lines)
+
+
 def save_predictions(preds: Dataset, path: str | os.PathLike[str],
                      format: str = "coco-results") -> Path:
     """Write predictions atomically; ``coco-results`` is a JSON list of
@@ -411,4 +429,4 @@ def dataset_summary(ds: Dataset) -> dict[str, Any]:
 
 __all__ = ["FORMATS", "Format", "register_format", "detect_format", "load_dataset",
            "save_dataset", "load_predictions", "load_with_predictions", "save_predictions",
-           "dataset_summary"]
+           "dataset_summary", "skipped_report"]

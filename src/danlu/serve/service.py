@@ -32,6 +32,7 @@ class Service:
         self.pool: ThreadPoolExecutor | None = None
         self.state = "loading"
         self.admitted = 0
+        self._batch_seconds: float | None = None  # a moving average of the batch run time
         self._drained: asyncio.Event | None = None
 
     # -- life ------------------------------------------------------------------------------------
@@ -106,8 +107,6 @@ class Service:
         """About how long the queue takes to empty: batches ahead times a batch's time."""
         per_batch = self._batch_seconds or 0.05
         return per_batch * self.config.max_queue / self.config.max_batch
-
-    _batch_seconds: float | None = None
 
     def _on_batch(self, info: BatchInfo, took_s: float) -> None:
         self._batch_seconds = took_s if self._batch_seconds is None \

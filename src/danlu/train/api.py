@@ -40,17 +40,14 @@ def _load(data: Any, fmt: str | None, what: str, skip_invalid: bool = False) -> 
             from danlu.data.pack import PackedDataset
 
             return PackedDataset(data)
-        from danlu.data.io import load_dataset
+        from danlu.data.io import load_dataset, skipped_report
 
         ds = load_dataset(data, format=fmt, skip_invalid=skip_invalid)
-        skipped = ds.meta.get("warnings") or []
-        if skipped:  # named, so that nothing is dropped unseen
+        report = skipped_report(ds.meta.get("warnings") or [], what)
+        if report:  # named, so that nothing is dropped unseen
             import sys
 
-            shown = "".join(f"\n  {w}" for w in skipped[:10])
-            more = f"\n  ... and {len(skipped) - 10} more" if len(skipped) > 10 else ""
-            print(f"warning: {what}: skipped {len(skipped)} invalid items:{shown}{more}",
-                  file=sys.stderr, flush=True)
+            print(f"warning: {report}", file=sys.stderr, flush=True)
         return ds
     if data is None:
         raise ConfigError(f"no {what} given", hint="pass a Dataset or --data PATH")
