@@ -87,9 +87,9 @@ def register(app: typer.Typer) -> None:
         from danlu.data.io import skipped_report
 
         for what, ds in (("ground truth", gt_ds), ("predictions", preds)):
-            report = skipped_report(ds.meta.get("warnings") or [], what)
-            if report:
-                console.print(report, highlight=False, soft_wrap=True)
+            skipped = skipped_report(ds.meta.get("warnings") or [], what)
+            if skipped:
+                console.print(skipped, highlight=False, soft_wrap=True)
         _warn_unpredicted(gt_ds, preds)
         result = evaluate(gt_ds, preds, protocol=protocol, **options)
         report_path = None
