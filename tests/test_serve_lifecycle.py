@@ -105,7 +105,8 @@ def _raw_request(url: str, body: bytes) -> socket.socket:
 
 
 def test_full_queue_answers_503_and_a_gone_client_is_dropped(ckpt, big_png):
-    with ServerProcess(ckpt, ["--max-queue", "2"]) as srv:
+    # the long request must not meet the default 30 s deadline on a loaded CI machine
+    with ServerProcess(ckpt, ["--max-queue", "2", "--timeout-s", "600"]) as srv:
         u = srv.url
         results: list = []
         t = hold(u, big_png, results)
@@ -140,7 +141,7 @@ def test_deadline_answers_504_with_the_stage(ckpt, big_png):
 
 
 def test_sigterm_drains_then_exits_0(ckpt, big_png):
-    srv = ServerProcess(ckpt, ["--drain-s", "60"]).start()
+    srv = ServerProcess(ckpt, ["--drain-s", "600", "--timeout-s", "600"]).start()
     try:
         u = srv.url
         results: list = []
@@ -158,7 +159,7 @@ def test_sigterm_drains_then_exits_0(ckpt, big_png):
         assert httpx.get(u + "/healthz").status_code == 200
         t.join(120)
         assert results[0].status_code == 200  # the request in flight finished
-        assert srv.proc.wait(60) == 0
+        assert srv.proc.wait(120) == 0
     finally:
         srv.stop()
 
