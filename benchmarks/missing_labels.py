@@ -67,7 +67,8 @@ def _test_metrics(checkpoint: Path, test) -> dict[str, float]:
     from danlu.evaluate.api import evaluate
     from danlu.infer.predictor import Predictor
 
-    preds = Predictor(checkpoint, device="cpu", score_threshold=0.01).predict_dataset(test)
+    preds = Predictor(checkpoint, device="cpu", score_threshold=0.01,
+                      multi_label=True).predict_dataset(test)  # as evaluation scores it
     m = evaluate(test, preds, protocol="coco").metrics
     return {"AP50": float(m["AP50"]), "AP": float(m["AP"])}
 

@@ -347,7 +347,8 @@ def sliced_rows(ckpt: Path, image: np.ndarray, gt, quick: bool) -> tuple[list, d
     )
 
     h, w = image.shape[:2]
-    pred = Predictor(ckpt, device="cpu", score_threshold=SCORE, batch_size=BATCH)
+    pred = Predictor(ckpt, device="cpu", score_threshold=SCORE, batch_size=BATCH,
+                     multi_label=True)  # the peers keep every class of a box
     merges = _merges()
     windows = slice_windows(w, h, 256, OVERLAP)
     sahi = scene_mod.sahi_model(pred, SCORE)
@@ -529,7 +530,8 @@ def batch_rows(ckpt: Path, image: np.ndarray, quick: bool, b16=None) -> list:
     for bs in (16, 1):
         if bs in out:
             continue
-        pred = Predictor(ckpt, device="cpu", score_threshold=SCORE, batch_size=bs)
+        pred = Predictor(ckpt, device="cpu", score_threshold=SCORE, batch_size=bs,
+                         multi_label=True)
         sliced_predict(pred, np.ascontiguousarray(crop[:300, :300]), slice_size=256, merge=merge)
         st = SliceStats()
         _say(f"batch {bs} on the {where}")
@@ -666,7 +668,8 @@ def folder_rows(ckpt: Path, quick: bool, n: int | None = None) -> list:
     n = n or (16 if quick else 64)
     ds = synthesize("shapes", num_images=n, seed=41, image_size=(640, 480),
                     scale_range=(16, 80), encode=False)
-    pred = Predictor(ckpt, device="cpu", score_threshold=SCORE, batch_size=BATCH)
+    pred = Predictor(ckpt, device="cpu", score_threshold=SCORE, batch_size=BATCH,
+                     multi_label=True)
     model, transform = pred.model, pred.transform
     with tempfile.TemporaryDirectory() as tmp:
         paths = []
@@ -718,7 +721,8 @@ def nms_method_rows(ckpt: Path, quick: bool) -> list:
                          scale_range=(16, 56), max_overlap=0.6, encode=False)
     sets = {f"demo test split ({len(splits['test'])} images, 256 px)": splits["test"],
             f"crowded set ({len(crowded)} images, 10-20 objects, overlap <= 0.6)": crowded}
-    base = Predictor(ckpt, device="cpu", score_threshold=0.001, batch_size=BATCH)
+    base = Predictor(ckpt, device="cpu", score_threshold=0.001, batch_size=BATCH,
+                     multi_label=True)  # AP: every class of a box, as evaluation keeps
     rows = []
     for case, ds in sets.items():
         _say(f"NMS variants on {case}")
@@ -728,7 +732,8 @@ def nms_method_rows(ckpt: Path, quick: bool) -> list:
             chunk = pairs[i:i + BATCH]
             cands += base.candidates(torch.stack([t for t, _ in chunk]))
         for method in ("hard", "soft-linear", "soft-gaussian", "iou-guided"):
-            p = Predictor(ckpt, device="cpu", score_threshold=0.001, nms=method)
+            p = Predictor(ckpt, device="cpu", score_threshold=0.001, nms=method,
+                          multi_label=True)
 
             def run(p=p, cands=cands, pairs=pairs):
                 return [p.transform.back(p.finish(c), f, drop_outside=True)
@@ -745,7 +750,8 @@ def nms_method_rows(ckpt: Path, quick: bool) -> list:
                                        f"<= {pp.max_detections} per image"))
         # test-time augmentation: whole predictions (4 passes each), against the same hard NMS
         for tta in (False, True):
-            p = Predictor(ckpt, device="cpu", score_threshold=0.001, batch_size=BATCH, tta=tta)
+            p = Predictor(ckpt, device="cpu", score_threshold=0.001, batch_size=BATCH, tta=tta,
+                          multi_label=True)
             t, preds = _timed(lambda p=p, ds=ds: p.predict_dataset(ds))
             m = evaluate(ds, preds, protocol="coco").metrics
             rows.append(MetricRow(case, "hard + TTA (flip, 0.83x, 1.25x; WBF)" if tta else

@@ -78,7 +78,8 @@ def _ours(train_ds, val_ds, test_ds, s: dict, minutes: float, out: Path
                    workers=0, augment="flips", exist_ok=True, plots=False, final_eval=False,
                    progress=False, verbose=False)
     secs = time.perf_counter() - t0
-    preds = Predictor(result.best, device="cpu", score_threshold=0.001).predict_dataset(test_ds)
+    preds = Predictor(result.best, device="cpu", score_threshold=0.001,
+                      multi_label=True).predict_dataset(test_ds)  # as evaluation scores it
     seen = result.steps * s["batch"]
     return (_test_metrics(test_ds, preds), seen / secs,
             f"{result.epochs} epochs, {result.steps} steps in {secs:.0f} s")

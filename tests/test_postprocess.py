@@ -1,6 +1,7 @@
 """The Predictor's post-processing: each choice returns what its oracle returns on the same
 candidates (torchvision.ops for hard NMS, ensemble-boxes for Soft-NMS and WBF), and the
-default Predictor gives exactly what the torchvision detector's own post-processing gives."""
+default Predictor with ``multi_label=True`` gives exactly what the torchvision detector's own
+post-processing gives."""
 
 from __future__ import annotations
 
@@ -129,7 +130,8 @@ def test_default_predictor_equals_the_detectors_own_postprocessing(name):
     images = (torch.rand(2, 3, 96, 96) * 255).to(torch.uint8)
     with torch.inference_mode():
         own = model(list(images.float() / 255))
-    p = Predictor(model, device="cpu", score_threshold=0.0, img_size=96, class_names="abc")
+    p = Predictor(model, device="cpu", score_threshold=0.0, img_size=96, class_names="abc",
+                  multi_label=True)  # torchvision keeps every class of a box
     assert p.postprocess.iou_threshold == holder.nms_thresh
     assert p.postprocess.max_detections == holder.detections_per_img
     ours = p.predict_tensor(images)

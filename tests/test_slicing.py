@@ -225,4 +225,5 @@ def test_tta_applies_to_every_tile(tiny):
     def rows(d):  # equal scores may come in either order
         return np.round(d.xyxy[np.lexsort(d.xyxy.T[::-1])], 3)
 
-    np.testing.assert_allclose(rows(got), rows(want), atol=1e-3)
+    # tiles batched vs one by one differ by ~1e-6, which rounding can show as 0.001
+    np.testing.assert_allclose(rows(got), rows(want), atol=2e-3)

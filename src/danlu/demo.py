@@ -48,6 +48,7 @@ def run_demo(out: str | Path, *, num_images: int = 1000, epochs: int = 15,
     from danlu.data.show import draw_detections
     from danlu.data.split import split_dataset
     from danlu.data.synth import synthesize
+    from danlu.infer.postprocess import one_label_per_box
     from danlu.infer.predictor import Predictor
     from danlu.train.api import train
     from danlu.train.report import write_evaluation
@@ -77,7 +78,8 @@ def run_demo(out: str | Path, *, num_images: int = 1000, epochs: int = 15,
 
     # 3. evaluation of best.pt on the held-out test split
     t2 = time.monotonic()
-    predictor = Predictor(result.best, device=device, score_threshold=0.05)
+    # scored as training validation scores (every class per box); drawn with one label a box
+    predictor = Predictor(result.best, device=device, score_threshold=0.05, multi_label=True)
     preds = predictor.predict_dataset(test_ds)
     ev = write_evaluation(result.best, test_ds, out / "eval", predictions=preds)
     t_eval = time.monotonic() - t2
@@ -88,7 +90,7 @@ def run_demo(out: str | Path, *, num_images: int = 1000, epochs: int = 15,
     pic_names = []
     for i, sample in enumerate(test_ds.samples[:pictures]):
         image = sample.load_image()
-        det = preds[i].filter(min_score=0.3)
+        det = one_label_per_box(preds[i].filter(min_score=0.3))
         name = f"{i:02d}_{sample.id}.png"
         Image.fromarray(draw_detections(np.asarray(image), det, test_ds.class_names)).save(
             pic_dir / name)

@@ -7,8 +7,12 @@ used) and detections come back in each original image's pixels.
 
 The model gives candidates; danlu decides: the torchvision detector's own suppression is
 switched off while predicting, and :class:`~danlu.infer.postprocess.PostProcess` (hard NMS by
-default, with the model's own IoU threshold and detection cap, so the default output equals
-torchvision's) chooses the final boxes with :mod:`danlu.boxes`.
+default, with the model's own IoU threshold and detection cap) chooses the final boxes with
+:mod:`danlu.boxes`. By default a box gets one label: among boxes of different classes that
+overlap above IoU 0.7 (dense detectors give the same box once per class), only the best
+class stays (:func:`~danlu.infer.postprocess.one_label_per_box`). ``multi_label=True`` keeps
+every class above the threshold: what evaluation uses (training validation, ``danlu eval
+MODEL``), and then hard NMS returns exactly what torchvision's own post-processing returns.
 
 Example:
     >>> from danlu import Predictor                                      # doctest: +SKIP
@@ -80,11 +84,15 @@ class Predictor:
         device: ``auto`` (cuda > mps > cpu), ``cpu``, ``cuda`` ...
         score_threshold: drop detections scoring below this.
         nms: the suppression (:data:`~danlu.infer.postprocess.METHODS`): ``hard`` (default,
-            class-aware, torchvision's result), ``agnostic``, ``soft-linear``,
+            class-aware; with ``multi_label``, torchvision's result), ``agnostic``, ``soft-linear``,
             ``soft-gaussian``, ``wbf``, ``nmm``, ``greedy-nmm``, ``iou-guided``, ``none``.
         iou: its IoU threshold (default: the model's own, 0.5 when it has none).
         max_detections: detections per image (default: the model's own cap, else 100).
         match: ``iou`` or ``ios`` (intersection over the smaller box) for the NMM methods.
+        multi_label: False (default): one label per box, the best class of boxes that
+            overlap above IoU 0.7 (:mod:`danlu.infer.postprocess`), chosen before the
+            per-class thresholds; True: every class above the threshold (for mAP; with
+            ``nms="hard"`` the torchvision detector's own result).
         class_thresholds: a per-class score threshold (``{class name or label: score}``)
             over ``score_threshold``, for the classes it names.
         tta: test-time augmentation (:mod:`danlu.infer.tta`): ``True`` for the default
@@ -98,7 +106,7 @@ class Predictor:
     def __init__(self, model: str | Path | nn.Module | Any, device: str | torch.device = "auto",
                  score_threshold: float = 0.05, *, nms: str = "hard", iou: float | None = None,
                  max_detections: int | None = None, match: str = "iou",
-                 class_thresholds: dict[Any, float] | None = None,
+                 multi_label: bool = False, class_thresholds: dict[Any, float] | None = None,
                  tta: bool | Sequence[Any] = False, class_names: Sequence[str] | None = None,
                  img_size: int | None = None, resize: str = "letterbox", batch_size: int = 8,
                  amp: bool = False, **backend_options: Any) -> None:
@@ -113,7 +121,8 @@ class Predictor:
         self.postprocess = PostProcess(
             nms, iou_threshold=float(iou if iou is not None else own_iou or 0.5),
             max_detections=int(max_detections if max_detections is not None
-                               else own_cap or 100), match=match)
+                               else own_cap or 100), match=match,
+            multi_label=bool(multi_label))
         self.class_floor = class_score_floor(class_thresholds or {}, self.class_names,
                                              self.score_threshold)
         from danlu.infer.tta import tta_passes
@@ -159,7 +168,8 @@ class Predictor:
 
     def finish(self, candidates: Detections | Sequence[Detections]) -> Detections:
         """One image's candidates (or one list per pass) -> its final detections: the
-        post-processing, then the per-class thresholds."""
+        post-processing (with one label per box unless ``multi_label``), then the per-class
+        thresholds."""
         return self.apply_class_thresholds(self.postprocess(candidates))
 
     def apply_class_thresholds(self, det: Detections) -> Detections:
@@ -238,7 +248,7 @@ class Predictor:
         name = getattr(self.backend, "name", type(self.backend).__name__)
         return (f"Predictor({name!r}, classes={len(self.class_names)}, "
                 f"img_size={self.img_size}, nms={self.postprocess.method!r}, "
-                f"device={self.device})")
+                f"multi_label={self.postprocess.multi_label}, device={self.device})")
 
 
 def class_score_floor(thresholds: dict[Any, float], class_names: Sequence[str],

@@ -227,6 +227,30 @@ def _preview(raster: Any, side: int = 2048) -> tuple[np.ndarray, float]:
     return _overview(raster, side)
 
 
+def next_predict_dir(root: str | Path = "runs/predict") -> Path:
+    """A new, empty folder ``root/N`` for a run's predictions: ``N`` is one more than the
+    largest number already there (1 for the first). The folder is created here with
+    ``mkdir`` (which fails when it exists), so two runs started at once get two folders.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp()) / "predict"
+        >>> [next_predict_dir(root).name for _ in range(3)]
+        ['1', '2', '3']
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    n = max((int(p.name) for p in root.iterdir() if p.name.isdigit()), default=0) + 1
+    while True:
+        folder = root / str(n)
+        try:
+            folder.mkdir()
+        except FileExistsError:  # another run took it first
+            n += 1
+            continue
+        return folder
+
+
 def predict_sources(predictor: Any, sources: Sequence[str | Path], out: str | Path, *,
                     formats: Sequence[str] = (), save_images: bool = True,
                     progress: Callable[[int], None] | None = None, **options: Any
@@ -258,8 +282,9 @@ def predict_sources(predictor: Any, sources: Sequence[str | Path], out: str | Pa
     doc = {"class_names": predictor.class_names, "model": str(predictor.checkpoint_path or
                                                                repr(predictor)),
            "score_threshold": predictor.score_threshold, "nms": pp.method,
-           "iou": pp.iou_threshold, "images": [r.record() for r in results],
-           "failed": summary.failed, "summary": summary.to_dict()}
+           "iou": pp.iou_threshold, "multi_label": pp.multi_label,
+           "images": [r.record() for r in results], "failed": summary.failed,
+           "summary": summary.to_dict()}
     doc["checkpoint"] = doc["model"]  # the name older readers look for
     write_outputs(doc, results, predictor.class_names, out, formats)
     return doc
@@ -291,4 +316,5 @@ class _Drawer:
             self.folder / f"{name}.png")
 
 
-__all__ = ["predict_sources", "predict_images", "PredictedImage", "RunSummary"]
+__all__ = ["predict_sources", "predict_images", "next_predict_dir", "PredictedImage",
+           "RunSummary"]

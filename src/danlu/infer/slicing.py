@@ -21,8 +21,9 @@ The conventions:
   overlap, cut in every tile) are merged with each other, per class, SAHI's way (union box, best
   score) when their IoS is ``>= contain_threshold``. One object gives one box.
 * **Merge**: the resulting boxes of all tiles (and of the full-image pass, with
-  ``full_pass``) go through ``merge`` (default: the Predictor's own suppression and IoU, with
-  no detection cap), which removes the copies of an object that lies whole in two tiles.
+  ``full_pass``) go through ``merge`` (default: the Predictor's own suppression and IoU, and
+  its one label per box, with no detection cap), which removes the copies of an object that
+  lies whole in two tiles.
   Oriented boxes (``polygons``) are suppressed by polygon NMS.
 * **Pipeline**: on an accelerator, tiles are read and letterboxed by a reader thread ahead of
   the model (at most ``2 x batch_size`` tiles in flight), so the device does not wait on the
@@ -392,10 +393,12 @@ def _tile_detections(predictor: Any, chunk: list[tuple[Window, Any]],
 
 
 def default_merge(predictor: Any) -> PostProcess:
-    """The Predictor's own suppression across tiles, with no detection cap."""
+    """The Predictor's own suppression across tiles (and its one label per box: two tiles
+    may see one object as different classes), with no detection cap."""
     pp = predictor.postprocess
     return PostProcess(pp.method, iou_threshold=pp.iou_threshold, max_detections=0,
-                       score_threshold=pp.score_threshold, sigma=pp.sigma, match=pp.match)
+                       score_threshold=pp.score_threshold, sigma=pp.sigma, match=pp.match,
+                       multi_label=pp.multi_label)
 
 
 def dota_merge(iou: float = DOTA_IOU) -> PostProcess:

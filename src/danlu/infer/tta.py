@@ -98,10 +98,12 @@ def tta_candidates(predictor: Any, arrays: list[np.ndarray], score_threshold: fl
 
 def fuse_passes(postprocess: PostProcess, passes: Sequence[Detections]) -> Detections:
     """Each pass through ``postprocess``, then the passes fused by WBF (at most
-    ``postprocess.max_detections`` boxes, best first)."""
+    ``postprocess.max_detections`` boxes, best first; one label per box again unless
+    ``postprocess.multi_label``: passes may disagree on an object's class)."""
     finals = [postprocess(p) for p in passes]
     fuse = PostProcess("wbf", iou_threshold=FUSION_IOU,
-                       max_detections=postprocess.max_detections)
+                       max_detections=postprocess.max_detections,
+                       multi_label=postprocess.multi_label)
     return fuse(finals)
 
 

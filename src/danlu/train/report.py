@@ -67,11 +67,14 @@ def write_evaluation(checkpoint: str | Path, gt: Dataset, out_dir: str | Path, *
     Returns the ``EvalResult``."""
     from danlu.evaluate.api import evaluate
     from danlu.evaluate.report import write_report
-    from danlu.infer.predictor import Predictor
 
     out_dir = Path(out_dir)
-    if predictions is None:
-        predictor = Predictor(checkpoint, device=device, score_threshold=score_threshold)
+    if predictions is None:  # torch only when there is something to predict
+        from danlu.infer.predictor import Predictor
+
+        # every class above the threshold, as training validation scores it
+        predictor = Predictor(checkpoint, device=device, score_threshold=score_threshold,
+                              multi_label=True)
         predictions = predictor.predict_dataset(gt)
     result = evaluate(gt, predictions, protocol=protocol)
     write_report(result, gt, predictions, out_dir)

@@ -107,7 +107,9 @@ class Validator:
         from danlu.evaluate.api import evaluate
         from danlu.infer.predictor import Predictor
 
-        predictor = Predictor(model, device=device, **self.predictor_options)
+        # every class above the threshold, as mAP wants (and ``danlu eval MODEL`` does)
+        options = {"multi_label": True, **self.predictor_options}
+        predictor = Predictor(model, device=device, **options)
         return evaluate(self.data, predictor.predict_dataset(self.data), protocol=self.protocol)
 
 
