@@ -1,5 +1,8 @@
 """The one HTML page writer of danlu's reports (evaluation, training runs, the demo): a
-self-contained page with one style sheet, written atomically.
+self-contained page with one style sheet, written atomically, and the one way they write
+numbers: metrics with four decimals (:func:`number`), parameters as a person writes them
+(:func:`short_number`, :func:`param_text`: ``0.9`` not ``0.8999999999999999``, an area bound of
+``1e10`` as no limit).
 
 Example:
     >>> import tempfile, pathlib
@@ -13,9 +16,11 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
@@ -27,13 +32,98 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 tr:nth-child(even) td{background:#fafafa}.bar{display:inline-block;height:.7rem;
 background:#4a7fc1;vertical-align:middle}img{max-width:100%;margin:.5em 0}
 .tile{margin:1rem 0}.tile p{margin:.2rem 0;color:#555;font-size:.9rem}
-.metrics td{font-variant-numeric:tabular-nums}.grid img{width:32%;margin:.3%}
+.metrics td{font-variant-numeric:tabular-nums}.params td:last-child{text-align:left}
+.grid img{width:32%;margin:.3%}
 """
+
+
+#: An area bound at or above this is "no limit" (COCO's ``1e5 ** 2`` for the ``all`` range).
+NO_LIMIT_AREA = 1e10
 
 
 def number(v: Any) -> str:
     """A metric as text: four decimals, ``n/a`` for None or NaN."""
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4f}"
+
+
+def short_number(v: Any) -> str:
+    """A parameter as a person writes it, the one number formatter of every page: 4
+    significant digits below 1, 4 decimals above, trailing zeros trimmed (the shortest text
+    that reads back as the rounded value); ``∞`` for infinity, ``n/a`` for NaN, integers as is.
+
+    Example:
+        >>> [short_number(v) for v in (0.8999999999999999, 1024.0, 0.05, 1e-05, 3, 2.5e7)]
+        ['0.9', '1024', '0.05', '1e-05', '3', '2.5e+07']
+    """
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return str(int(v))
+    x = float(v)
+    if math.isnan(x):
+        return "n/a"
+    if math.isinf(x):
+        return "∞" if x > 0 else "-∞"
+    r = float(f"{x:.4g}") if abs(x) < 1 else round(x, 4)
+    if r == 0:
+        return "0"
+    if abs(r) >= 1e6:
+        return f"{r:.4g}"
+    text = repr(r)
+    return text[:-2] if text.endswith(".0") else text
+
+
+def area_range_text(bounds: Sequence[float]) -> str:
+    """An area range ``[lo, hi]`` in px²; a bound of :data:`NO_LIMIT_AREA` or more is no limit.
+
+    Example:
+        >>> [area_range_text(r) for r in ([0, 1e10], [0, 1024.0], [1024, 9216], [9216, 1e10])]
+        ['any size', '< 1024 px²', '1024–9216 px²', '≥ 9216 px² (no upper limit)']
+    """
+    lo, hi = (float(b) for b in bounds)
+    open_top = hi >= NO_LIMIT_AREA
+    if lo <= 0:
+        return "any size" if open_top else f"< {short_number(hi)} px²"
+    if open_top:
+        return f"≥ {short_number(lo)} px² (no upper limit)"
+    return f"{short_number(lo)}–{short_number(hi)} px²"
+
+
+def param_text(value: Any, key: str = "") -> str:
+    """A parameter's value as plain text (not escaped): numbers by :func:`short_number`,
+    lists joined by commas, mappings as ``name: value``; ``area_range(s)`` keys by
+    :func:`area_range_text`.
+
+    Example:
+        >>> param_text({"all": [0.0, 1e10], "small": [0.0, 1024.0]}, "area_ranges")
+        'all: any size; small: < 1024 px²'
+        >>> param_text([0.5, 0.55, 0.8999999999999999]), param_text(False), param_text(None)
+        ('0.5, 0.55, 0.9', 'false', 'none')
+    """
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return short_number(value)
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {param_text(v, key if key.startswith('area_range') else '')}"
+                         for k, v in value.items())
+    if isinstance(value, (Sequence, np.ndarray)):
+        items = list(np.asarray(value).tolist() if isinstance(value, np.ndarray) else value)
+        if key.startswith("area_range") and len(items) == 2:
+            return area_range_text(items)
+        return ", ".join(f"[{param_text(v)}]" if isinstance(v, (list, tuple, np.ndarray))
+                         else param_text(v) for v in items)
+    return str(value)
+
+
+def params_table(params: Mapping[str, Any]) -> str:
+    """An HTML table of an evaluation's parameters, each value by :func:`param_text`."""
+    e = html.escape
+    rows = "".join(f"<tr><td>{e(str(k))}</td><td>{e(param_text(v, str(k)))}</td></tr>"
+                   for k, v in params.items())
+    return f"<table class='params'><tr><th>parameter</th><th>value</th></tr>{rows}</table>"
 
 
 def html_page(title: str, body: str) -> str:
@@ -78,4 +168,6 @@ def write_html_report(path: str | Path, title: str, result: Any | None = None, *
     return write_html_page(path, title, "".join(body))
 
 
-__all__ = ["write_html_page", "write_html_report", "html_page", "metrics_table", "number", "CSS"]
+__all__ = ["write_html_page", "write_html_report", "html_page", "metrics_table", "number",
+           "short_number", "param_text", "area_range_text", "params_table", "NO_LIMIT_AREA",
+           "CSS"]

@@ -29,7 +29,7 @@ import numpy as np
 from danlu.data._atomic import atomic_open, write_bytes_atomic
 from danlu.evaluate._common import align_predictions
 from danlu.evaluate.confusion import ConfusionMatrix, confusion_matrix
-from danlu.evaluate.page import write_html_page
+from danlu.evaluate.page import params_table, short_number, write_html_page
 from danlu.evaluate.result import EvalResult
 from danlu.structures import Dataset, Detections, Sample
 
@@ -149,7 +149,8 @@ def plot_confusion_matrix(cm: ConfusionMatrix, path: str | Path, *,
                     ax.text(j, i, str(sub[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if share[i, j] > 0.6 else "black")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_title(f"Confusion matrix (IoU >= {cm.iou:g}, score >= {cm.score:g})\n"
+    ax.set_title(f"Confusion matrix (IoU >= {short_number(cm.iou)}, "
+                 f"score >= {short_number(cm.score)})\n"
                  "last row: false alarms; last column: misses", fontsize=10)
     fig.tight_layout()
     path = Path(path)
@@ -192,6 +193,28 @@ def draw_error_panel(sample: Sample, pred: Detections, class_names: Sequence[str
     return np.concatenate([left, gap, right], axis=1)
 
 
+_KIND_CODES = {"false positives": "fp", "false negatives": "fn"}
+
+
+def error_picks(cm: ConfusionMatrix, gallery: int) -> list[tuple[int, list[str]]]:
+    """The gallery's images as ``(sample index, reasons)``: the ``gallery`` images with the most
+    false positives, then the ``gallery`` with the most false negatives (only images with
+    some). An image among both appears once, at its first place, with both reasons."""
+    reasons: dict[int, list[str]] = {}
+    for kind, counts in (("false positives", cm.false_positives),
+                         ("false negatives", cm.false_negatives)):
+        order = np.argsort(-counts, kind="stable")
+        for i in order[:max(gallery, 0)]:
+            if counts[i] > 0:
+                reasons.setdefault(int(i), []).append(kind)
+    return list(reasons.items())
+
+
+def _count(n: int, noun: str) -> str:
+    """``"1 false positive"``, ``"3 false positives"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _png_data_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -203,8 +226,10 @@ def write_report(result: EvalResult, gt: Dataset, predictions: Dataset | Sequenc
 
     Files: ``metrics.json`` (``result.to_dict(curves=True)`` plus the confusion matrix),
     ``pr_curves.png``, ``confusion_matrix.png`` (at ``iou`` / ``score``), ``gallery/*.png``
-    (the ``gallery`` images with the most false positives, then with the most false negatives)
-    and ``report.html``, which embeds all of them.
+    (:func:`error_picks`: the ``gallery`` images with the most false positives, then those with
+    the most false negatives, each image once; named ``NN_fp.png``, ``NN_fn.png`` or
+    ``NN_fp_fn.png`` by why it was chosen) and ``report.html``, which embeds all of them.
+    Parameters on the page are written by :func:`danlu.evaluate.page.param_text`.
     """
     import orjson
     from PIL import Image
@@ -219,22 +244,18 @@ def write_report(result: EvalResult, gt: Dataset, predictions: Dataset | Sequenc
     pr_png = plot_pr_curves(result, out / "pr_curves.png")
     cm_png = plot_confusion_matrix(cm, out / "confusion_matrix.png")
 
-    picks: list[tuple[str, int]] = []
-    for kind, counts in (("false positives", cm.false_positives),
-                         ("false negatives", cm.false_negatives)):
-        order = np.argsort(-counts, kind="stable")
-        chosen = [int(i) for i in order[:gallery] if counts[i] > 0]
-        picks += [(kind, i) for i in chosen]
     gallery_dir = out / "gallery"
     gallery_dir.mkdir(exist_ok=True)
+    for old in gallery_dir.glob("[0-9][0-9]_f[pn]*.png"):  # an earlier report's tiles
+        old.unlink()
     tiles = []
-    for n, (kind, i) in enumerate(picks):
+    for n, (i, kinds) in enumerate(error_picks(cm, gallery)):
         sample = gt.samples[i]
         panel = draw_error_panel(sample, preds[i], gt.class_names, score=score)
-        png = gallery_dir / f"{n:02d}_{'fp' if kind.startswith('false p') else 'fn'}.png"
+        png = gallery_dir / f"{n:02d}_{'_'.join(_KIND_CODES[k] for k in kinds)}.png"
         with atomic_open(png, "wb") as f:
             Image.fromarray(panel).save(f, format="PNG")
-        tiles.append((kind, sample, int(cm.false_positives[i]), int(cm.false_negatives[i]),
+        tiles.append((kinds, sample, int(cm.false_positives[i]), int(cm.false_negatives[i]),
                       png))
 
     return write_html_page(out / "report.html", f"danlu evaluation: {result.protocol}",
@@ -260,25 +281,28 @@ def _html(result: EvalResult, cm: ConfusionMatrix, pr_png: Path, cm_png: Path,
                           f"<td style='text-align:left'><span class='bar' "
                           f"style='width:{width:.0f}px'></span></td></tr>")
     gallery = []
-    for kind, sample, fp, fn, png in tiles:
-        gallery.append(f"<div class='tile'><p><b>{e(str(sample.id))}</b> — {e(kind)}: "
-                       f"{fp} false positives, {fn} false negatives "
-                       f"(left: ground truth, right: predictions with score &ge; {score:g})</p>"
+    for kinds, sample, fp, fn, png in tiles:
+        why = " and ".join(f"the most {k}" for k in kinds)
+        gallery.append(f"<div class='tile'><p><b>{e(str(sample.id))}</b> — "
+                       f"{_count(fp, 'false positive')}, {_count(fn, 'false negative')}; "
+                       f"among the images with {e(why)} "
+                       f"(left: ground truth, right: predictions with score &ge; "
+                       f"{short_number(score)})</p>"
                        f"<img src='{_png_data_uri(png)}' alt='{e(str(sample.id))}'></div>")
-    params = e(", ".join(f"{k}={v}" for k, v in result.params.items()))
     return f"""<h1>Evaluation — {e(result.protocol)}: {e(key)} = {_fmt(value)}</h1>
-<p>{len(result.class_names)} classes, {sum(result.num_gt.values())} counted ground-truth boxes.
-Parameters: {params}.</p>
+<p>{len(result.class_names)} classes, {sum(result.num_gt.values())} counted ground-truth boxes.</p>
 <h2>Metrics</h2><table class="metrics"><tr><th>metric</th><th>value</th></tr>{metric_rows}</table>
+<h2>Parameters</h2>{params_table(result.params)}
 <h2>Per-class AP</h2>
 <table><tr><th>class</th><th>AP</th><th>GT</th><th></th></tr>{''.join(class_rows)}</table>
 <h2>Precision-recall curves</h2><img src="{_png_data_uri(pr_png)}" alt="PR curves">
 <h2>Confusion matrix</h2>
-<p>Predictions with score &ge; {score:g} matched to ground truth at IoU &ge; {iou:g} across classes.
+<p>Predictions with score &ge; {short_number(score)} matched to ground truth at IoU &ge;
+{short_number(iou)} across classes.
 </p><img src="{_png_data_uri(cm_png)}" alt="confusion matrix">
 <h2>Images with the most errors</h2>
 {''.join(gallery) if gallery else '<p>No false positives or false negatives.</p>'}"""
 
 
 __all__ = ["write_report", "plot_pr_curves", "plot_confusion_matrix", "per_class_rows",
-           "mean_curve", "draw_error_panel"]
+           "mean_curve", "draw_error_panel", "error_picks"]
