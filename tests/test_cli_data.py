@@ -28,7 +28,7 @@ def test_convert_every_format(voc: Path, tmp_path: Path) -> None:
 
 def test_convert_options(voc: Path, tmp_path: Path) -> None:
     out = tmp_path / "y"
-    assert main(["data", "convert", str(voc), str(out), "--to", "yolo", "--from", "voc",
+    assert main(["data", "convert", str(voc), str(out), "--to", "yolo", "--format", "voc",
                  "--images", "symlink"]) == 0
     assert all(p.is_symlink() for p in (out / "images" / "train").iterdir())
     # an existing output is refused (exit 2, one line), then replaced with --overwrite

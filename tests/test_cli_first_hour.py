@@ -111,7 +111,7 @@ def test_eval_reads_the_folder_predict_wrote_and_names_unpredicted_classes(tmp_p
 
     ckpt = train_tiny_checkpoint(tmp_path)
     r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "4",
-              "--image-size", "64", "--scale", "12,28", "--format", "coco", cwd=tmp_path)
+              "--image-size", "64", "--scale", "12,28", "--to", "coco", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     images = sorted(str(p) for p in (tmp_path / "d").rglob("*") if p.suffix in (".jpg", ".png"))
     r = danlu("predict", str(ckpt), *images, "--out", "preds", "--save-images", cwd=tmp_path)
@@ -197,7 +197,7 @@ def test_one_skip_invalid_policy_for_every_command_that_reads_a_dataset(tmp_path
     import re
 
     r = danlu("data", "synth", "--preset", "shapes", "--out", "d", "--num-images", "8",
-              "--image-size", "96", "--scale", "16,40", "--format", "voc", cwd=tmp_path)
+              "--image-size", "96", "--scale", "16,40", "--to", "voc", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     xml = sorted((tmp_path / "d").rglob("*.xml"))[1]
     xml.write_text(re.sub(r"<bndbox>.*?</bndbox>", "", xml.read_text(), count=1, flags=re.S))

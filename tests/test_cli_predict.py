@@ -80,8 +80,8 @@ def test_globs_and_typos_fail_before_the_model_loads(ckpt, tmp_path, capsys):
 def test_every_format_is_read_back_by_load_predictions(ckpt, tmp_path):
     paths = _images(tmp_path / "imgs", n=3, size=(90, 70), seed=4)
     code, out = _run(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(tmp_path / "p"),
-                      "--score-threshold", "0.05", "--format", "coco,voc", "--format", "yolo",
-                      "--format", "dota", "--format", "dota-task1,dota-task2", "--json"])
+                      "--score-threshold", "0.05", "--to", "coco,voc", "--to", "yolo",
+                      "--to", "dota", "--to", "dota-task1,dota-task2", "--json"])
     assert code == 0
     doc = orjson.loads(out)
     gt = Dataset([Sample(p, 90, 70, id=p.stem) for p in paths],

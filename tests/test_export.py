@@ -240,7 +240,7 @@ def test_cli_export_writes_beside_the_checkpoint_and_prints_json(exports, tmp_pa
     ckpt = tmp_path / "run" / "best.pt"
     ckpt.parent.mkdir()
     ckpt.write_bytes(exports["retinanet-tiny"]["pt"].read_bytes())
-    assert cli_main.main(["export", str(ckpt.parent), "--format", "torchscript", "--json"]) == 0
+    assert cli_main.main(["export", str(ckpt.parent), "--to", "torchscript", "--json"]) == 0
     doc = orjson.loads(capsys.readouterr().out)
     assert doc["path"] == str(tmp_path / "run" / "best.torchscript") and doc["format"] == \
         "torchscript"
@@ -254,7 +254,7 @@ def test_cli_export_writes_beside_the_checkpoint_and_prints_json(exports, tmp_pa
     assert cli_main.main(["export", str(ckpt), "--out", str(out)]) == 0
     err = capsys.readouterr().err
     assert f"danlu predict {out}" in err and read_metadata(out)["export_format"] == "onnx"
-    assert cli_main.main(["export", str(ckpt), "--format", "tflite"]) == 2
+    assert cli_main.main(["export", str(ckpt), "--to", "tflite"]) == 2
     assert "error:" in capsys.readouterr().err
 
 

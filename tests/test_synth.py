@@ -136,7 +136,7 @@ def test_data_prep_commands_end_to_end(tmp_path):
         return r
 
     src = tmp_path / "shapes"
-    ok("synth", "--preset", "shapes", "--num-images", 6, "--seed", 0, "--format", "voc",
+    ok("synth", "--preset", "shapes", "--num-images", 6, "--seed", 0, "--to", "voc",
        "--out", src, "--image-size", "64x48", "--scale", "10,20")
     ds = load_dataset(src)
     assert len(ds) == 6 and ds.class_names == SHAPE_CLASSES

@@ -184,6 +184,20 @@ def missing_modules(modules: Iterable[str]) -> dict[str, str]:
             if m in OPTIONAL_MODULES and importlib.util.find_spec(m) is None}
 
 
+def renamed_option(value: Any, old_value: Any, old: str, new: str) -> Any:
+    """The value of an option given under its old name ``old`` (kept hidden so that scripts
+    keep working) or its name ``new``, with a note on stderr; both, differing, is an error."""
+    if old_value is None:
+        return value
+    if value is not None and value != old_value:
+        from danlu.errors import ConfigError
+
+        raise ConfigError(f"{old} {old_value} and {new} {value} disagree",
+                          hint=f"{old} is the old name of {new}: give {new} only")
+    print(f"note: {old} is now {new}", file=sys.stderr)
+    return old_value
+
+
 def print_json(document: Any) -> None:
     """Print exactly one JSON document on stdout."""
     sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2

@@ -116,7 +116,9 @@ def register(app: typer.Typer) -> None:
         """Time ours against each peer on the same input, in one run, and check outputs agree.
 
         Prints our time, the peer's time, their ratio (ours/peer: below 1 is faster) and
-        whether the outputs agree. Example: danlu bench boxes
+        whether the outputs agree.
+
+        Example: danlu bench boxes
         """
         _bench(name, quick, as_json)
 

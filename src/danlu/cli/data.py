@@ -16,7 +16,7 @@ from danlu.cli._common import console, info, print_json, track
 data_app = typer.Typer(
     name="data",
     help="Prepare datasets: convert between VOC, COCO, YOLO and DOTA, statistics, and more."
-    "\n\nExample: danlu data convert voc/ out/ --to coco",
+    "\n\nExample: danlu data convert shapes shapes-coco --to coco",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -40,7 +40,9 @@ def register_convert(app: typer.Typer) -> None:
         src: Path = typer.Argument(..., help="The dataset to read (folder, or COCO .json)."),
         dst: Path = typer.Argument(..., help="The folder to write (or a COCO .json file)."),
         to: str = typer.Option(..., "--to", help=f"Output format: {_FORMATS}."),
-        from_: str = typer.Option(None, "--from", help="Input format (detected when omitted)."),
+        from_: str = typer.Option(None, "--format", "-f", help="Format of SRC (detected when "
+                                  "omitted)."),
+        from_old: str = typer.Option(None, "--from", hidden=True),
         split: str = typer.Option(None, "--split", help="Read only this split (VOC ImageSets/"
                                   "Main name, YOLO data.yaml key, COCO instances_<split>)."),
         skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad boxes, "
@@ -55,10 +57,12 @@ def register_convert(app: typer.Typer) -> None:
         half-written: DST appears complete or not at all. With --skip-invalid, the skipped
         items are listed in DST/danlu-warnings.txt.
 
-        Example: danlu data convert VOCdevkit/VOC2007 voc-coco --to coco --images symlink
+        Example: danlu data convert shapes shapes-coco --to coco --images symlink
         """
+        from danlu.cli._common import renamed_option
         from danlu.data.io import load_dataset, save_dataset
 
+        from_ = renamed_option(from_, from_old, "--from", "--format")
         ds = load_dataset(src, from_, split=split, skip_invalid=skip_invalid,
                           progress=track)
         warnings = ds.meta.get("warnings", [])
@@ -75,7 +79,8 @@ def register_stats(app: typer.Typer) -> None:
     @app.command("stats")
     def stats(
         dataset: Path = typer.Argument(..., help="The dataset (folder, or COCO .json)."),
-        format: str = typer.Option(None, "--format", help=f"{_FORMATS} (detected when omitted)."),
+        format: str = typer.Option(None, "--format", "-f", help=f"{_FORMATS} (detected when "
+                                   "omitted)."),
         split: str = typer.Option(None, "--split", help="Read only this split."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
         plot: Path = typer.Option(None, "--plot", help="Also draw the histograms as a PNG."),
@@ -90,7 +95,7 @@ def register_stats(app: typer.Typer) -> None:
         Histograms of boxes per image, box sizes and aspect ratios; COCO small/medium/large;
         empty images; duplicate, degenerate and out-of-bounds boxes.
 
-        Example: danlu data stats coco/annotations/instances_val2017.json --json --plot s.png
+        Example: danlu data stats shapes --json --plot shapes-stats.png
         """
         from danlu.data.io import load_dataset
         from danlu.data.stats import dataset_stats, plot_stats

@@ -102,7 +102,9 @@ def register(data_app: typer.Typer) -> None:
         preset: str = typer.Option("shapes", "--preset", help="shapes | digits."),
         num_images: int = typer.Option(100, "--num-images", "-n", help="Number of images."),
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
-        fmt: str = typer.Option("voc", "--format", "-f", help="voc | coco | yolo | dota."),
+        fmt: str = typer.Option(None, "--to", help="Format to write: voc (default), coco, "
+                                "yolo or dota.", show_default=False),
+        fmt_old: str = typer.Option(None, "--format", "-f", hidden=True),
         image_size: str = typer.Option("256", "--image-size", help="N or WxH pixels."),
         objects: str = typer.Option("1,6", "--objects", help="Min,max objects per image."),
         scale: str = typer.Option(None, "--scale", help="Min,max object size in pixels "
@@ -117,10 +119,13 @@ def register(data_app: typer.Typer) -> None:
     ) -> None:
         """Generate a synthetic detection dataset (copy-paste scenes) and write it.
 
-        Example: danlu data synth --preset shapes --num-images 500 --seed 0 --format voc
-        --out data/shapes
+        Example: danlu data synth --preset shapes --num-images 100 --seed 0 --to voc
+        --out shapes
         """
+        from danlu.cli._common import renamed_option
         from danlu.data.synth import synthesize
+
+        fmt = renamed_option(fmt, fmt_old, "--format", "--to") or "voc"
 
         lo, hi = _floats(objects, "--objects", 2)
         size = _image_size(image_size)
@@ -138,20 +143,31 @@ def register(data_app: typer.Typer) -> None:
         dataset: Path = typer.Argument(..., help="Dataset folder or file."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder for PNGs and "
                                  "index.html."),
-        limit: int = typer.Option(None, "--limit", help="At most this many images."),
+        limit: int = typer.Option(None, "--limit", help="At most this many images, the first "
+                                  "ones (default 50; 0 for every image).", show_default=False),
+        all_images: bool = typer.Option(False, "--all", help="Every image (--limit 0); the "
+                                        "page embeds each one, so it can be large."),
         classes: str = typer.Option(None, "--classes", help="Only these classes, "
-                                    "comma-separated (and images containing them)."),
+                                    "comma-separated (and images containing them); the legend "
+                                    "lists only the classes drawn."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
     ) -> None:
-        """Draw the boxes on each image and write a self-contained HTML gallery.
+        """Draw the boxes on the first 50 images and write a self-contained HTML gallery.
 
-        Example: danlu data show data/shapes --out shapes_show --limit 20 --classes star,circle
+        Prints how many images it showed of how many; --limit N or --all shows more.
+
+        Example: danlu data show shapes --out shapes_show --limit 20 --classes star,circle
         """
-        from danlu.data.show import show_dataset
+        from danlu.data.show import DEFAULT_LIMIT, select_samples, show_dataset, shown_text
 
         ds = _load(dataset, fmt)
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
-        page = show_dataset(ds, out, limit=limit, classes=names, progress=_bar("drawing"))
+        n = 0 if all_images else (DEFAULT_LIMIT if limit is None else limit)
+        sel = select_samples(ds, limit=n, classes=names)  # the counts show_dataset uses
+        page = show_dataset(ds, out, limit=n, classes=names, progress=_bar("drawing"))
+        more = (f": the first {len(sel.indices)}; --limit N shows N, --all shows all "
+                f"{sel.matching}" if sel.truncated else "")
+        info(f"showed {shown_text(len(sel.indices), sel.matching, len(ds), names)}{more}")
         info(f"wrote {page}")
 
     @data_app.command("split")
@@ -172,7 +188,7 @@ def register(data_app: typer.Typer) -> None:
     ) -> None:
         """Split a dataset into parts of exact sizes, stratified by class presence.
 
-        Example: danlu data split data/shapes --ratios 0.8,0.1,0.1 --seed 0 --out data/splits
+        Example: danlu data split shapes --ratios 0.8,0.2 --seed 0 --out parts
         """
         from danlu.data.split import split_dataset
 
@@ -211,7 +227,7 @@ def register(data_app: typer.Typer) -> None:
 
         Tile origins are written in each tile's id, {id}__{rate}__{x}___{y}.
 
-        Example: danlu data tile data/dota --tile-size 1024 --gap 200 --out data/dota_1024
+        Example: danlu data tile shapes --tile-size 128 --gap 32 --out shapes_tiles
         """
         from danlu.data.tile import tile_dataset
 
@@ -233,7 +249,7 @@ def register(data_app: typer.Typer) -> None:
 
         Writes OUT/objects/<class>/<id>_<k>.png and OUT/backgrounds/<id>.png.
 
-        Example: danlu data crop data/shapes --out shapes_crops
+        Example: danlu data crop shapes --out shapes_crops
         """
         from danlu.data.crop import crop_objects
 
@@ -263,7 +279,7 @@ def register(data_app: typer.Typer) -> None:
         Exactly round(rate * n) boxes of each class go; the record of which ones (and the
         images left without boxes) is written to OUT/dropped.json.
 
-        Example: danlu data drop-labels data/shapes --rate 0.3 --seed 0 --out data/shapes_missing
+        Example: danlu data drop-labels shapes --rate 0.3 --seed 0 --out shapes_missing
         """
         from danlu.data.labels import drop_labels
 
@@ -290,7 +306,7 @@ def register(data_app: typer.Typer) -> None:
     ) -> None:
         """Remove boxes smaller than an area (default: the dataset's mean box area).
 
-        Example: danlu data filter-small data/shapes --out data/shapes_large
+        Example: danlu data filter-small shapes --out shapes_large
         """
         from danlu.data.labels import filter_small
 
@@ -316,7 +332,7 @@ def register(data_app: typer.Typer) -> None:
         The brightest --percent of pixels by luminance are the reference white; each channel
         is scaled so that their average is 255. Images are written as PNG, boxes unchanged.
 
-        Example: danlu data whitebalance data/underwater --out data/underwater_wb
+        Example: danlu data whitebalance shapes --out shapes_wb
         """
         from danlu.data.whitebalance import white_balance_dataset
 
@@ -338,7 +354,7 @@ def register(data_app: typer.Typer) -> None:
 
         Read it with danlu.data.pack.PackedDataset(path).
 
-        Example: danlu data pack data/shapes --img-size 256 --out data/shapes.pack
+        Example: danlu data pack shapes --img-size 256 --out shapes.pack
         """
         from danlu.data.pack import pack_dataset
 

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
                                    "(0: none)."),
         img_size: int = typer.Option(256, "--img-size", help="Image side in pixels."),
         batch: int = typer.Option(16, "--batch", help="Images per step."),
-        seed: int = typer.Option(0, "--seed"),
+        seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
         workers: int = typer.Option(0, "--workers", help="DataLoader processes."),
         as_json: bool = typer.Option(False, "--json", help="Print metrics.json on stdout."),
@@ -31,7 +31,9 @@ def register(app: typer.Typer) -> None:
         Synthesize shapes, train fcos-tiny, evaluate best.pt on a held-out split, and write
         OUT/report.html (curves, metrics, pictures) and OUT/metrics.json.
 
-        About 10 minutes on 2 CPU cores. Example: danlu demo --out runs/demo
+        About 10 minutes on 2 CPU cores.
+
+        Example: danlu demo --out runs/demo
         """
         from danlu.demo import run_demo
 

@@ -20,7 +20,9 @@ def register(app: typer.Typer) -> None:
         Python, torch/torchvision/kornia, CUDA, cuDNN, GPUs, the driver, MPS, CPU threads, a
         tiny conv forward + backward on every device, redis-server and chromium.
 
-        Exits 0 when the CPU path works, 1 when it does not. Example: danlu doctor --json
+        Exits 0 when the CPU path works, 1 when it does not.
+
+        Example: danlu doctor --json
         """
         from danlu.doctor import cpu_path_works, run_checks
 

@@ -20,10 +20,22 @@ def _fmt(v: float) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_command(
+        model: str = typer.Argument(None, show_default=False,
+                                    help="A model to predict the ground truth with first (a "
+                                    "checkpoint, run folder, .onnx export or haar:NAME); "
+                                    "instead of --pred."),
         gt: Path = typer.Option(..., "--gt", help="Ground truth: a dataset folder in any format "
                                 "(voc, coco, yolo, dota) or a COCO instances JSON file."),
-        pred: Path = typer.Option(..., "--pred", help="Predictions: a COCO results JSON, a "
-                                  "folder of YOLO txt files, or any dataset danlu writes."),
+        pred: Path = typer.Option(None, "--pred", help="Predictions: a COCO results JSON, the "
+                                  "folder danlu predict wrote, a folder of YOLO txt files, or "
+                                  "any dataset danlu writes."),
+        device: str = typer.Option("auto", "--device", help="With MODEL: cpu, cuda, cuda:N, "
+                                   "mps or auto."),
+        batch: int = typer.Option(8, "--batch", help="With MODEL: images per forward pass."),
+        score_threshold: float = typer.Option(None, "--score-threshold", help="With MODEL: "
+                                              "keep predictions scoring at least this "
+                                              "(default 0.05, as training validation).",
+                                              show_default=False),
         protocol: str = typer.Option("coco", "--protocol", "-p",
                                      help="coco | voc07 | voc12 | dota | dota-hbb."),
         iou: float = typer.Option(None, "--iou", help="Match IoU for voc/dota (default 0.5); "
@@ -34,8 +46,9 @@ def register(app: typer.Typer) -> None:
                                      help="coco: detections per image, comma-separated."),
         all_point: bool = typer.Option(False, "--all-point",
                                        help="dota: all-point AP instead of VOC07 11-point."),
-        gt_format: str = typer.Option(None, "--gt-format", help="Ground-truth format "
-                                      "(detected when omitted)."),
+        gt_format: str = typer.Option(None, "--format", "-f", help="Format of --gt: voc, "
+                                      "coco, yolo or dota (detected when omitted)."),
+        gt_format_old: str = typer.Option(None, "--gt-format", hidden=True),
         pred_format: str = typer.Option(None, "--pred-format", help="Predictions format "
                                         "(detected when omitted)."),
         report: Path = typer.Option(None, "--report", help="Write an HTML report, PR curves, "
@@ -49,13 +62,23 @@ def register(app: typer.Typer) -> None:
                                      "(COCO: the 12 numbers in pycocotools' order), the named "
                                      "metrics beside it, per-class AP."),
     ) -> None:
-        """Evaluate predictions against ground truth and print the metrics.
+        """Evaluate predictions (--pred), or a model (MODEL), against ground truth and print
+        the metrics.
 
-        Example: danlu eval --gt data/coco/instances_val.json --pred preds.json --json
+        Examples:
+          danlu eval runs/shapes/best.pt --gt parts/val
+          danlu eval --gt parts/val --pred preds --protocol voc07 --report report
         """
+        from danlu.cli._common import renamed_option
         from danlu.data.io import load_with_predictions
         from danlu.evaluate.api import evaluate
 
+        gt_format = renamed_option(gt_format, gt_format_old, "--gt-format", "--format")
+        if (model is None) == (pred is None):
+            raise ConfigError("give either MODEL or --pred" if model is None else
+                              "MODEL and --pred both given",
+                              hint="danlu eval MODEL --gt DATA predicts first; "
+                              "danlu eval --gt DATA --pred PREDICTIONS scores a file")
         if protocol not in _PROTOCOLS:
             raise ConfigError(f"unknown protocol {protocol!r}",
                               hint="choose one of " + ", ".join(_PROTOCOLS))
@@ -79,11 +102,15 @@ def register(app: typer.Typer) -> None:
             if protocol.startswith("dota"):
                 options["eleven_point"] = not all_point
         prepare_numba()  # the readers and the evaluation run numba kernels
-        info(f"reading ground truth {gt} and predictions {pred}")
-        gt_ds, preds = load_with_predictions(gt, pred, gt_format=gt_format,
-                                             pred_format=pred_format,
-                                             check_images=report is not None,
-                                             skip_invalid=skip_invalid)
+        if model is not None:
+            gt_ds, preds = _predicted(model, gt, gt_format, skip_invalid, device=device,
+                                      batch=batch, score_threshold=score_threshold)
+        else:
+            info(f"reading ground truth {gt} and predictions {pred}")
+            gt_ds, preds = load_with_predictions(gt, pred, gt_format=gt_format,
+                                                 pred_format=pred_format,
+                                                 check_images=report is not None,
+                                                 skip_invalid=skip_invalid)
         from danlu.data.io import skipped_report
 
         for what, ds in (("ground truth", gt_ds), ("predictions", preds)):
@@ -107,6 +134,28 @@ def register(app: typer.Typer) -> None:
         _print_tables(result)
         if report_path is not None:
             console.print(f"report: {report_path}")
+
+
+def _predicted(model: str, gt: Path, gt_format: str | None, skip_invalid: bool,
+               **options: object) -> tuple:
+    """The ground truth read with its images, and ``model``'s predictions of them."""
+    from danlu.cli._common import track
+    from danlu.cli._eval_model import predict_ground_truth
+    from danlu.data.io import load_dataset
+
+    info(f"reading ground truth {gt}")
+    gt_ds = load_dataset(gt, gt_format, skip_invalid=skip_invalid)
+    if len(gt_ds) == 0:
+        from danlu.errors import DatasetError
+
+        raise DatasetError(f"{gt} holds no images to predict")
+    preds, foreign = predict_ground_truth(
+        model, gt_ds, progress=lambda items: track(items, "predict", len(gt_ds)), **options)
+    if foreign:
+        console.print(f"[bold yellow]warning:[/] the model's classes {', '.join(foreign)} are "
+                      "not in the ground truth: their predictions are not scored",
+                      highlight=False, soft_wrap=True)
+    return gt_ds, preds
 
 
 def unpredicted_classes(gt, preds) -> list[str]:  # noqa: ANN001 - two Datasets

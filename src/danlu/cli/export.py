@@ -14,7 +14,9 @@ def register(app: typer.Typer) -> None:
     def export_cmd(
         checkpoint: Path = typer.Argument(..., help="A danlu checkpoint (best.pt) or run "
                                           "folder."),
-        fmt: str = typer.Option("onnx", "--format", help="onnx or torchscript."),
+        fmt: str = typer.Option(None, "--to", help="onnx (default) or torchscript.",
+                                show_default=False),
+        fmt_old: str = typer.Option(None, "--format", hidden=True),
         out: Path = typer.Option(None, "--out", help="The file to write (default: beside the "
                                  "checkpoint, suffix .onnx or .torchscript)."),
         opset: int = typer.Option(17, "--opset", help="ONNX opset (18 and later: torch's "
@@ -31,8 +33,11 @@ def register(app: typer.Typer) -> None:
         which reads the file's metadata. `danlu predict` and `Predictor` take the file in
         place of the checkpoint. Faster R-CNN does not export. See docs/export.md.
 
-        Example: danlu export runs/exp/best.pt --format onnx --out model.onnx
+        Example: danlu export runs/shapes/best.pt --to onnx --out model.onnx
         """
+        from danlu.cli._common import renamed_option
+
+        fmt = renamed_option(fmt, fmt_old, "--format", "--to") or "onnx"
         from danlu.models.export import (
             default_export_path,
             export_model,

@@ -52,6 +52,30 @@ def _root(
     set_quiet(quiet)
 
 
+def _plain_help_names() -> None:
+    """Two fixes to typer 0.29's help: no ``<bool>`` beside an on/off flag (it reads as if the
+    flag took a value), and arguments in capitals as click writes them (``MODEL SOURCES...``,
+    ``[MODEL]`` when optional) instead of ``{model} {sources}...``."""
+    from typer.core import TyperArgument, TyperOption
+
+    shown = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag and not self.count else shown(self, ctx)
+
+    def display_name_raw(self: TyperArgument) -> str:
+        return self.metavar if self.metavar is not None else str(self.name).upper()
+
+    def usage_name(self: TyperArgument) -> str:
+        name = self.display_name_raw + ("..." if self.nargs != 1 else "")
+        return name if self.required else f"[{name}]"
+
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+    TyperArgument.display_name_raw = property(display_name_raw)  # type: ignore[assignment]
+    TyperArgument._usage_display_name = usage_name  # type: ignore[method-assign]
+
+
+_plain_help_names()
 _registered: set[str] = set()
 
 
@@ -62,9 +86,46 @@ def register_commands(names: Iterable[str] | None = None) -> typer.Typer:
         if module not in _registered:
             import_module(f"danlu.cli.{module}").register(app)
             _registered.add(module)
+    _reflow_helps(app)
     order = list(COMMANDS)  # the help lists them in COMMANDS order, however they came
     app.registered_commands.sort(key=lambda c: order.index(c.name) if c.name in order else 99)
     return app
+
+
+def reflow_help(text: str) -> str:
+    r"""A command's docstring as ``--help`` shows it: each paragraph's lines joined (rich keeps
+    every line break, so wrapped source lines print as ragged half-lines), while an example
+    line (one starting with ``danlu`` or indented) keeps a line of its own.
+
+    Example:
+        >>> reflow_help("Do it\nnow.\n\nExamples:\n  danlu a\n  danlu b")
+        'Do it now.\n\nExamples:\n  danlu a\n  danlu b'
+    """
+    import inspect
+
+    paragraphs = []
+    for block in inspect.cleandoc(text).split("\n\n"):
+        lines: list[str] = []
+        for line in block.splitlines():
+            if lines and not (line.startswith((" ", "danlu ")) or lines[-1].endswith(":")):
+                lines[-1] += " " + line.strip()
+            else:
+                lines.append(line.rstrip())
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def _reflow_helps(typer_app: typer.Typer) -> None:
+    import inspect
+
+    for info in typer_app.registered_commands:
+        doc = info.help or (inspect.getdoc(info.callback) if info.callback else None)
+        if doc and not getattr(info, "_danlu_reflowed", False):
+            info.help = reflow_help(doc)
+            info._danlu_reflowed = True  # type: ignore[attr-defined]
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _reflow_helps(group.typer_instance)
 
 
 def _command(args: list[str]) -> str | None:

@@ -53,17 +53,19 @@ def register(app: typer.Typer) -> None:
                                     "OpenCV cascade, e.g. haar:frontalface_default)."),
         sources: list[str] = typer.Argument(..., help="Images, folders, quoted globs "
                                             "('shots/**/*.jpg') or video files."),
-        out: Path = typer.Option(..., "--out", help="Output folder."),
+        out: Path = typer.Option(None, "--out", help="Output folder (default: a new "
+                                 "runs/predict/N, printed)."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, mps."),
         score_threshold: float = typer.Option(0.25, "--score-threshold",
                                               help="Keep detections scoring at least this."),
         class_thresholds: Path = typer.Option(None, "--class-thresholds", help="YAML/JSON "
                                               "file: {class name or id: min score}."),
         batch: int = typer.Option(8, "--batch", help="Images (or tiles) per forward pass."),
-        formats: list[str] = typer.Option(["danlu"], "--format", help="Also write: coco, "
-                                          "voc, yolo, dota, dota-task1, dota-task2 "
-                                          "(repeat or comma-separate); predictions.json "
-                                          "(danlu) is always written."),
+        formats: list[str] = typer.Option(None, "--to", help="Also write: coco, voc, yolo, "
+                                          "dota, dota-task1, dota-task2 (repeat or "
+                                          "comma-separate); predictions.json (danlu) is "
+                                          "always written.", show_default=False),
+        formats_old: list[str] = typer.Option(None, "--format", hidden=True),
         save_images: bool = typer.Option(True, "--save-images/--no-save-images", "--draw/"
                                          "--no-draw", help="Write OUT/images/*.png with the "
                                          "boxes drawn (a shrunk copy for huge images)."),
@@ -74,6 +76,10 @@ def register(app: typer.Typer) -> None:
                                   "(default: the model's own, usually 0.5)."),
         match: str = typer.Option("iou", "--match", help="iou or ios (intersection over "
                                   "the smaller box), for nmm / greedy-nmm."),
+        multi_label: bool = typer.Option(False, "--multi-label", help="Keep every class "
+                                         "above the threshold for a box (what mAP wants); "
+                                         "default: one label per box, the best class of "
+                                         "boxes overlapping above IoU 0.7."),
         max_det: int = typer.Option(None, "--max-det", help="Detections per image (default: "
                                     "the model's own cap; sliced images: no cap)."),
         slice_: str = typer.Option(None, "--slice", help="Sliced inference: a tile side in "
@@ -103,26 +109,28 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Detect objects with a trained, exported or classical model.
 
-        Writes OUT/predictions.json ({"class_names", "model", "images": [{"path", "width",
-        "height", "detections": {"xyxy", "labels", "scores"}}], "failed", "summary"}; boxes
-        in image pixels), OUT/images/*.png with the boxes drawn, the --format files, and
-        OUT/geojson/ for GeoTIFF inputs. Unreadable files are skipped and counted.
+        Writes OUT (--out, or a new runs/predict/N): OUT/predictions.json ({"class_names",
+        "model", "images": [{"path", "width", "height", "detections": {"xyxy", "labels",
+        "scores"}}], "failed", "summary"}; boxes in image pixels), OUT/images/*.png with
+        the boxes drawn, the --to files, and OUT/geojson/ for GeoTIFF inputs.
+        Unreadable files are skipped and counted. A box gets one label (the best class)
+        unless --multi-label.
 
         Examples:
-
-          danlu predict runs/exp/best.pt photos/ --out preds --nms soft-gaussian
-
-          danlu predict best.pt scene.tif --out preds --slice 1024 --overlap 0.2 --format coco
-
-          danlu predict haar:frontalface_default 'shots/*.jpg' --out faces
+          danlu predict runs/shapes/best.pt parts/val/JPEGImages --out preds --nms soft-gaussian
+          danlu predict runs/shapes/best.pt 'parts/val/JPEGImages/*.png' --slice 128 --to coco
+          danlu predict haar:frontalface_default parts/val/JPEGImages --out faces
+          danlu predict runs/shapes/best.pt parts/val/JPEGImages --multi-label
         """
+        from danlu.cli._common import renamed_option
         from danlu.infer.outputs import check_formats
         from danlu.infer.predictor import Predictor
-        from danlu.infer.run import predict_sources
+        from danlu.infer.run import next_predict_dir, predict_sources
         from danlu.infer.slicing import dota_merge
         from danlu.infer.sources import expand_sources
 
-        fmts = check_formats(formats)
+        formats = renamed_option(formats or None, formats_old or None, "--format", "--to")
+        fmts = check_formats(formats or ["danlu"])
         from danlu.infer.slicing import parse_slice_size
 
         tile = parse_slice_size(slice_)
@@ -139,15 +147,30 @@ def register(app: typer.Typer) -> None:
                        "min_size": (haar_min_size, haar_min_size)}
         predictor = Predictor(model, device=device, score_threshold=score_threshold,
                               batch_size=batch, nms=nms, iou=iou, max_detections=max_det,
-                              match=match, class_thresholds=_class_thresholds(class_thresholds),
+                              match=match, multi_label=multi_label,
+                              class_thresholds=_class_thresholds(class_thresholds),
                               tta=tta, **options)
-        merge_pp = dota_merge(iou if iou is not None else 0.3) if merge == "dota" else None
-        with counter("predict", total) as advance:
-            doc = predict_sources(predictor, paths, out, formats=fmts,
-                                  save_images=save_images, progress=advance, slice_size=tile,
-                                  overlap=overlap, full_pass=full_pass, merge=merge_pp,
-                                  resolve_cuts=merge != "dota", vid_stride=vid_stride,
-                                  recursive=recursive, strict=strict)
+        merge_pp = None
+        if merge == "dota":
+            from dataclasses import replace
+
+            merge_pp = replace(dota_merge(iou if iou is not None else 0.3),
+                               multi_label=multi_label)
+        auto_out = out is None
+        if auto_out:  # made once the model has loaded: a run that cannot start leaves none
+            out = next_predict_dir()
+        try:
+            with counter("predict", total) as advance:
+                doc = predict_sources(predictor, paths, out, formats=fmts,
+                                      save_images=save_images, progress=advance,
+                                      slice_size=tile, overlap=overlap, full_pass=full_pass,
+                                      merge=merge_pp, resolve_cuts=merge != "dota",
+                                      vid_stride=vid_stride, recursive=recursive,
+                                      strict=strict)
+        except BaseException:
+            if auto_out and not any(out.iterdir()):
+                out.rmdir()
+            raise
         s = doc["summary"]
         # said even with --json or --quiet: a run that found nothing, or skipped files, is news
         for bad in doc["failed"][:10]:
@@ -165,7 +188,13 @@ def register(app: typer.Typer) -> None:
                   f"{score_threshold:g}; try a lower --score-threshold", file=sys.stderr)
         if as_json:
             print_json(doc)
+            if auto_out:  # where the files went, when the user did not say
+                print(f"predictions in {out}", file=sys.stderr)
         else:
             skipped = f", {s['failed']} skipped" if s["failed"] else ""
-            info(f"{s['detections']} detections in {s['images']} images{skipped} "
-                 f"({s['images_per_second']:.1f} img/s) -> {out}")
+            line = (f"{s['detections']} detections in {s['images']} images{skipped} "
+                    f"({s['images_per_second']:.1f} img/s) -> {out}")
+            if auto_out:  # said even with --quiet: the user did not choose the folder
+                print(line, file=sys.stderr)
+            else:
+                info(line)

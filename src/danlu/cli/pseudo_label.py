@@ -23,8 +23,9 @@ def register(app: typer.Typer) -> None:
                                   "every labelled box of its class is below this."),
         class_agnostic: bool = typer.Option(False, "--class-agnostic/--per-class",
                                             help="Compare with labelled boxes of any class."),
-        data_format: str = typer.Option(None, "--data-format", help="voc, coco, yolo or dota "
-                                        "(default: detected)."),
+        data_format: str = typer.Option(None, "--format", "-f", help="Format of --data: voc, "
+                                        "coco, yolo or dota (default: detected)."),
+        data_format_old: str = typer.Option(None, "--data-format", hidden=True),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
         images: str = typer.Option("copy", "--images", help="copy, symlink or none."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out."),
@@ -33,13 +34,15 @@ def register(app: typer.Typer) -> None:
         """Add a teacher model's confident detections that match no existing label, marked
         as pseudo-labels; train the student on the result.
 
-        Example: danlu pseudo-label --model runs/teacher --data data/partial --score 0.7
-        --out data/partial+pseudo
+        Example: danlu pseudo-label --model runs/shapes/best.pt --data shapes_missing --score 0.5
+        --out shapes_pseudo
         """
+        from danlu.cli._common import renamed_option
         from danlu.data.io import load_dataset
         from danlu.infer.predictor import Predictor
         from danlu.train.pseudo import pseudo_label, save_pseudo_labels
 
+        data_format = renamed_option(data_format, data_format_old, "--data-format", "--format")
         ds = load_dataset(data, format=data_format)
         teacher = Predictor(model, device=device)
         result = pseudo_label(teacher, ds, score=score, iou=iou, class_agnostic=class_agnostic)

@@ -61,9 +61,11 @@ def register(app: typer.Typer) -> None:
         """Serve a detector over HTTP: POST /v1/detect, a web page at /, metrics at /metrics.
 
         Requests are batched dynamically (by --max-batch and --max-wait-ms); uploads are
-        checked (size, format, pixels) before decoding; SIGTERM drains. Example:
-        danlu serve runs/demo/train/best.pt --port 8000, then
-        curl -F image=@photo.jpg http://127.0.0.1:8000/v1/detect
+        checked (size, format, pixels) before decoding; SIGTERM drains.
+
+        Example (then open http://127.0.0.1:8000/, or
+        curl -F image=@shapes/JPEGImages/shapes_000000.png http://127.0.0.1:8000/v1/detect):
+          danlu serve runs/shapes/best.pt --port 8000
         """
         require_serve_extra()
         from danlu.serve.config import ENV_TOKEN, ServeConfig

@@ -17,6 +17,15 @@ from danlu.train.config import TrainConfig, load_yaml
 
 _D = TrainConfig()
 
+#: the names ``--model`` takes, as :func:`danlu.models.available_models` lists them (written
+#: here so that the help imports no torch; a test keeps the two equal)
+MODEL_NAMES = (
+    "fcos-tiny", "fcos-resnet18", "fcos-resnet34", "fcos-resnet50", "fcos-mobilenet_v3_large",
+    "retinanet-tiny", "retinanet-resnet18", "retinanet-resnet34", "retinanet-resnet50",
+    "fasterrcnn-tiny", "fasterrcnn-resnet50", "fasterrcnn-mobilenet_v3_large",
+    "fasterrcnn-mobilenet_v3_large_320_fpn", "ssdlite-mobilenet_v3_large",
+)
+
 
 def _explicit(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
     """The options the user gave on the command line (or through the environment)."""
@@ -36,9 +45,11 @@ def register(app: typer.Typer) -> None:
         ctx: typer.Context,
         data: str = typer.Option(None, "--data", help="Training dataset (VOC/COCO/YOLO/DOTA "
                                  "folder or file, or a .pack file)."),
-        data_format: str = typer.Option(None, "--data-format", help="voc, coco, yolo or dota "
-                                        "(default: detected)."),
-        model: str = typer.Option(_D.model, "--model", help="Model name (danlu.models)."),
+        data_format: str = typer.Option(None, "--format", "-f", help="Format of --data and "
+                                        "--val: voc, coco, yolo or dota (default: detected)."),
+        data_format_old: str = typer.Option(None, "--data-format", hidden=True),
+        model: str = typer.Option(_D.model, "--model", help="The detector to build: "
+                                  + ", ".join(MODEL_NAMES) + "."),
         weights: str = typer.Option(None, "--weights", help="Initial weights for the model "
                                     "builder."),
         anchors: str = typer.Option(_D.anchors, "--anchors", help="auto (fit the anchor "
@@ -55,8 +66,11 @@ def register(app: typer.Typer) -> None:
         optimizer: str = typer.Option(_D.optimizer, "--optimizer", help="adamw or sgd."),
         lr: float = typer.Option(_D.lr, "--lr", help="Peak learning rate."),
         momentum: float = typer.Option(_D.momentum, "--momentum", help="SGD momentum."),
-        weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay"),
-        warmup_epochs: float = typer.Option(_D.warmup_epochs, "--warmup-epochs"),
+        weight_decay: float = typer.Option(_D.weight_decay, "--weight-decay", help="Decoupled "
+                                           "weight decay (not on norms and biases)."),
+        warmup_epochs: float = typer.Option(_D.warmup_epochs, "--warmup-epochs", help="Linear "
+                                            "learning-rate warmup, in epochs (fractions "
+                                            "allowed)."),
         schedule: str = typer.Option(_D.schedule, "--schedule", help="cosine, step or "
                                      "constant (after warmup)."),
         min_lr_ratio: float = typer.Option(_D.min_lr_ratio, "--min-lr-ratio",
@@ -64,7 +78,8 @@ def register(app: typer.Typer) -> None:
         step_milestones: str = typer.Option(",".join(map(str, _D.step_milestones)),
                                             "--step-milestones",
                                             help="Step schedule: fractions of the run."),
-        step_gamma: float = typer.Option(_D.step_gamma, "--step-gamma"),
+        step_gamma: float = typer.Option(_D.step_gamma, "--step-gamma", help="Step schedule: "
+                                         "the lr is multiplied by this at each milestone."),
         grad_clip: float = typer.Option(_D.grad_clip, "--grad-clip", help="Max gradient norm "
                                         "(0: off)."),
         workers: int = typer.Option(_D.workers, "--workers", help="DataLoader processes."),
@@ -73,7 +88,8 @@ def register(app: typer.Typer) -> None:
         resume: str = typer.Option(None, "--resume", help="Continue runs/NAME exactly."),
         time: float = typer.Option(None, "--time", help="Training time budget in minutes "
                                    "(without --epochs: train until it is spent)."),
-        seed: int = typer.Option(_D.seed, "--seed"),
+        seed: int = typer.Option(_D.seed, "--seed", help="Seed of every random choice (data "
+                                 "order, augmentation, initialisation)."),
         deterministic: bool = typer.Option(_D.deterministic, "--deterministic/"
                                            "--no-deterministic",
                                            help="Reproducible algorithms."),
@@ -84,8 +100,10 @@ def register(app: typer.Typer) -> None:
                                     "training image that cannot be decoded (default: skip it "
                                     "with a warning and count it)."),
         ema: bool = typer.Option(_D.ema, "--ema/--no-ema", help="Average the weights."),
-        ema_decay: float = typer.Option(_D.ema_decay, "--ema-decay"),
-        ema_tau: float = typer.Option(_D.ema_tau, "--ema-tau"),
+        ema_decay: float = typer.Option(_D.ema_decay, "--ema-decay", help="EMA: the decay "
+                                        "the average reaches (in (0, 1))."),
+        ema_tau: float = typer.Option(_D.ema_tau, "--ema-tau", help="EMA: steps over which "
+                                      "the decay ramps up to --ema-decay."),
         amp: bool = typer.Option(_D.amp, "--amp/--no-amp", help="Mixed precision on CUDA."),
         patience: int = typer.Option(_D.patience, "--patience", help="Stop after N evaluations "
                                      "without a better val AP (0: never)."),
@@ -105,10 +123,13 @@ def register(app: typer.Typer) -> None:
                                       "better) or min."),
         save_every_steps: int = typer.Option(_D.save_every_steps, "--save-every-steps",
                                              help="Also write last.pt every N steps."),
-        score_threshold: float = typer.Option(_D.score_threshold, "--score-threshold"),
+        score_threshold: float = typer.Option(_D.score_threshold, "--score-threshold",
+                                              help="Validation: keep predictions scoring at "
+                                              "least this."),
         max_steps: int = typer.Option(_D.max_steps, "--max-steps", help="Stop after N steps "
                                       "(0: no limit)."),
-        plots: bool = typer.Option(_D.plots, "--plots/--no-plots"),
+        plots: bool = typer.Option(_D.plots, "--plots/--no-plots", help="Write the loss, PR "
+                                   "and per-class AP plots into the run's plots/."),
         final_eval: bool = typer.Option(_D.final_eval, "--final-eval/--no-final-eval",
                                         help="Evaluate best.pt into eval/ at the end."),
         ohem: bool = typer.Option(_D.ohem, "--ohem/--no-ohem", help="Online hard example "
@@ -140,13 +161,17 @@ def register(app: typer.Typer) -> None:
         The run lands in PROJECT/NAME (config.yaml, results.csv, last.pt, best.pt, plots/,
         eval/, history.jsonl, TensorBoard events).
 
-        Example: danlu train --data data/shapes --model fcos-tiny --epochs 10 --name shapes
+        Example: danlu train --data shapes --model fcos-tiny --epochs 10 --name shapes
         """
         from danlu.train.api import train
 
         values = {k: v for k, v in locals().items()
-                  if k not in ("ctx", "config", "exist_ok", "as_json", "train")}
+                  if k not in ("ctx", "config", "exist_ok", "as_json", "train",
+                               "data_format_old")}
         given = _explicit(ctx, values)
+        if data_format_old is not None:
+            given["data_format"] = _common.renamed_option(data_format, data_format_old,
+                                                          "--data-format", "--format")
         if "img_size" in given:
             given["img_size"] = _img_size(given["img_size"])
         if "step_milestones" in given:

@@ -119,7 +119,7 @@ def _open_torchscript(path: Path, device: str | torch.device
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError or others on bad files
         raise ModelError(f"{path}: cannot load the TorchScript model ({type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''})",
-                         hint="re-export it with `danlu export CHECKPOINT --format "
+                         hint="re-export it with `danlu export CHECKPOINT --to "
                               "torchscript`") from e
     text = extra[TORCHSCRIPT_EXTRA]
     meta = parse_metadata(text.decode() if isinstance(text, bytes) else text or None, path)
