@@ -6,16 +6,22 @@ BIN := $(VENV)/bin
 # machine's disk); pyproject.toml keeps loose ranges for users.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench system-deps clean
+.PHONY: demo test lint bench system-deps readme-walk clean
+
+# pip speaks only when something fails: no root-user, version or dependency-resolver chatter
+# a user cannot act on.
+PIP := PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 $(BIN)/pip
+PIP_Q := -q -q --no-warn-script-location
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(PIP) install $(PIP_Q) --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e .
-	touch $@
+	@echo "installing danlu and its dependencies into $(VENV) (a few minutes the first time)"
+	$(PIP) install $(PIP_Q) $(TORCH_PIN)
+	$(PIP) install $(PIP_Q) -e .
+	@touch $@
 
 # SAHI (the sliced-prediction peer of `danlu bench predict`) without its dependencies: it asks
 # for opencv-python, which would sit beside opencv-python-headless in one cv2 folder; what it
@@ -23,18 +29,21 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 SAHI_PIN := sahi==0.12.8
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q $(TORCH_PIN)
-	$(BIN)/pip install -q -e '.[dev,bench]'
-	$(BIN)/pip install -q --no-deps $(SAHI_PIN)
-	touch $(VENV)/.installed $@
+	@echo "installing danlu with the dev and bench extras into $(VENV)"
+	$(PIP) install $(PIP_Q) $(TORCH_PIN)
+	$(PIP) install $(PIP_Q) -e '.[dev,bench]'
+	$(PIP) install $(PIP_Q) --no-deps $(SAHI_PIN)
+	@touch $(VENV)/.installed $@
 
-# redis-server and chromium serve the service and browser tests; skipped when present.
+# redis-server and chromium serve the service and browser tests, curl the README walk;
+# skipped when present.
 system-deps:
-	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null; then \
+	@if ! command -v redis-server >/dev/null || ! command -v chromium >/dev/null \
+			|| ! command -v curl >/dev/null; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium >/dev/null; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server chromium curl >/dev/null; \
 		else \
-			echo "note: redis-server/chromium missing and cannot apt-get here; their tests will skip"; \
+			echo "note: redis-server/chromium/curl missing and cannot apt-get here; their tests will skip"; \
 		fi; \
 	fi
 
@@ -42,11 +51,16 @@ demo: $(VENV)/.installed
 	$(BIN)/danlu demo --out runs/demo
 
 test: $(VENV)/.installed-dev system-deps
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks scripts
+
+# Every bash and python block of README.md, verbatim, in a scratch folder (.ci/run runs it
+# after the suite): see scripts/readme_walk.py.
+readme-walk: $(VENV)/.installed-dev system-deps
+	$(BIN)/python scripts/readme_walk.py
 
 # `make bench NAME=eval`; `danlu bench` lists the names. The train comparison also needs
 # `pip install -e '.[bench-train]'` (Ultralytics).
