@@ -232,15 +232,58 @@ def _prepare_run_dir(cfg: TrainConfig, out: str | Path | None,
     return run_dir
 
 
+#: split names that mean "validation" in the datasets people have (Roboflow writes ``valid``)
+VAL_SPLIT_NAMES = ("val", "valid", "validation")
+
+
+def declared_splits(data: Any, with_val: bool) -> tuple[Any, Any, str | None]:
+    """The declared ``train`` split of ``data`` and, unless ``with_val`` (a validation set was
+    given apart), its declared validation split, with a sentence saying which is used for
+    what; ``(data, None, None)`` when ``data`` declares no train split beside others.
+
+    Splits are the readers' ``Sample.meta["split"]`` (a YOLO ``data.yaml``'s ``train:`` /
+    ``val:``, ``images/<split>/`` folders). Merging them and cutting a random validation
+    split would train on the user's validation images; a ``test`` split is never trained on.
+    """
+    if not isinstance(data, Dataset) or not len(data):
+        return data, None, None
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(data.samples):
+        split = s.meta.get("split") if isinstance(s.meta, dict) else None
+        if split is None:
+            return data, None, None
+        groups.setdefault(str(split), []).append(i)
+    if "train" not in groups or len(groups) < 2:
+        return data, None, None
+    train = data.subset(groups["train"])
+    val_name = next((n for n in VAL_SPLIT_NAMES if n in groups), None)
+    val = data.subset(groups[val_name]) if val_name and not with_val else None
+    used = {"train"} | ({val_name} if val is not None else set())
+    unused = ", ".join(f"{n!r} ({len(groups[n])})" for n in groups if n not in used)
+    said = f"data: training on split 'train' ({len(train)} images)"
+    if val is not None:
+        said += f", validating on split {val_name!r} ({len(val)} images)"
+    if unused:
+        said += f"; not used: {unused}"
+    return train, val, said
+
+
 def _datasets(data: Any, val: Any, cfg: TrainConfig) -> tuple[Any, Any]:
-    """The training and validation data (validation split off when no ``val``)."""
+    """The training and validation data: the declared splits of ``data`` when it has them,
+    else the validation split cut off when no ``val``."""
     train_data = _load(data if data is not None else cfg.data, cfg.data_format, "training data",
                        cfg.skip_invalid)
-    val_data = None
-    if val is not None or cfg.val:
+    with_val = val is not None or bool(cfg.val)
+    train_data, declared_val, said = declared_splits(train_data, with_val)
+    if said:
+        import sys
+
+        print(said, file=sys.stderr, flush=True)
+    val_data = declared_val
+    if with_val:
         val_data = _load(val if val is not None else cfg.val, cfg.data_format,
                          "validation data", cfg.skip_invalid)
-    elif cfg.val_split > 0:
+    elif val_data is None and cfg.val_split > 0:
         if not isinstance(train_data, Dataset):
             raise ConfigError("val_split needs a Dataset; pass val= for packed data")
         from danlu.data.split import split_dataset

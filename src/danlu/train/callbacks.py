@@ -126,6 +126,21 @@ def _SpeedColumn() -> Any:  # noqa: N802 - a column factory, used like a class
     return _speed_column_class()()
 
 
+
+def val_text(metrics: dict[str, Any]) -> str:
+    """The validation numbers of an epoch row or a result, three decimals: ``val AP50 0.512
+    AP 0.301`` (COCO), ``val mAP 0.688`` (VOC, DOTA); empty when there are none.
+
+    Example:
+        >>> val_text({"mAP": 1.0000000000000002}), val_text({"AP": float("nan")})
+        ('val mAP 1.000', '')
+    """
+    if not _nan(metrics.get("AP")):
+        return f"val AP50 {metrics.get('AP50', math.nan):.3f} AP {metrics['AP']:.3f}"
+    if not _nan(metrics.get("mAP")):
+        return f"val mAP {metrics['mAP']:.3f}"
+    return ""
+
 class ConsoleSummary(Callback):
     """One line per epoch on stderr: epoch, mean loss, lr, val AP50/AP, time."""
 
@@ -136,14 +151,13 @@ class ConsoleSummary(Callback):
              f"{trainer.total_epochs} epochs -> {trainer.run_dir}")
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
-        ap = ("" if _nan(row.get("AP")) else
-              f"  val AP50 {row['AP50']:.3f} AP {row['AP']:.3f}")
+        ap = f"  {val_text(row)}" if val_text(row) else ""
         _err(f"epoch {row['epoch']}/{trainer.total_epochs}  loss {row.get('loss', math.nan):.4f}"
              f"  lr {row['lr']:.2e}{ap}  {row['epoch_time']:.1f}s")
 
     def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
         m = result.metrics
-        tail = f", best.pt val AP50 {m['AP50']:.3f} AP {m['AP']:.3f}" if m else ""
+        tail = f", best.pt {val_text(m)}" if val_text(m or {}) else ""
         _err(f"done ({result.stop_reason}) after {result.epochs} epochs, {result.steps} steps"
              f"{tail}: {trainer.run_dir}")
         if result.skipped_images:
