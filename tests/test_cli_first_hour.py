@@ -155,7 +155,10 @@ def test_ctrl_c_says_how_to_resume(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "danlu", "train", "--data", "d", "--name",
                              "c", "--project", "runs", "--epochs", "1000", "--img-size", "64",
                              "--batch", "2", "--val-split", "0", "--save-every-steps", "1"],
-                            cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+                            cwd=tmp_path, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job inherits SIGINT ignored (as CI may run
+                            # us): give the child the default, as a terminal would
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "runs" / "c" / "last.pt"
     for _ in range(6000):  # the first checkpoint: then interrupt
         if last.exists() or proc.poll() is not None:

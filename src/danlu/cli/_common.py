@@ -184,6 +184,21 @@ def missing_modules(modules: Iterable[str]) -> dict[str, str]:
             if m in OPTIONAL_MODULES and importlib.util.find_spec(m) is None}
 
 
+#: what a ``--split`` names, in every command's help
+SPLIT_KINDS = ("a VOC ImageSets/Main name, a YOLO data.yaml key or images/<split> folder, a "
+               "COCO annotations/instances_<split>.json")
+SPLIT_HELP = f"Read only this split: {SPLIT_KINDS}."
+
+
+def print_notices(ds: Any) -> None:
+    """Print :func:`danlu.data.io.dataset_notices` of a dataset just read, one ``note:`` line
+    each, on stderr (even with --quiet: they say what was read)."""
+    from danlu.data.io import dataset_notices
+
+    for note in dataset_notices(ds):
+        print(f"note: {note}", file=sys.stderr)
+
+
 def renamed_option(value: Any, old_value: Any, old: str, new: str) -> Any:
     """The value of an option given under its old name ``old`` (kept hidden so that scripts
     keep working) or its name ``new``, with a note on stderr; both, differing, is an error."""

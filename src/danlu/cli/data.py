@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from danlu.cli._common import console, info, print_json, track
+from danlu.cli._common import console, info, print_json, print_notices, track
 
 data_app = typer.Typer(
     name="data",
@@ -65,6 +65,7 @@ def register_convert(app: typer.Typer) -> None:
         from_ = renamed_option(from_, from_old, "--from", "--format")
         ds = load_dataset(src, from_, split=split, skip_invalid=skip_invalid,
                           progress=track)
+        print_notices(ds)
         warnings = ds.meta.get("warnings", [])
         save_dataset(ds, dst, to, images=images, overwrite=overwrite, progress=track)
         info(f"converted {len(ds)} images, {ds.num_boxes} boxes, {len(ds.class_names)} classes:"
@@ -113,6 +114,7 @@ def register_stats(app: typer.Typer) -> None:
             print_json(st)
         else:
             _print_table(st)
+        print_notices(ds)
         if st["warnings"]:
             from danlu.data.io import skipped_report
 

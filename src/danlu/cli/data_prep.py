@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 import typer
 
-from danlu.cli._common import info, print_json, track
+from danlu.cli._common import SPLIT_HELP, info, print_json, track
 from danlu.errors import ConfigError
 
 T = TypeVar("T")
@@ -32,10 +32,13 @@ def _bar(description: str):  # noqa: ANN202 - a one-argument progress wrapper
     return lambda items: track(items, description)
 
 
-def _load(path: Path, fmt: str | None):  # noqa: ANN202 - a Dataset
+def _load(path: Path, fmt: str | None, split: str | None = None):  # noqa: ANN202 - a Dataset
+    from danlu.cli._common import print_notices
     from danlu.data.io import load_dataset
 
-    return load_dataset(path, fmt, progress=_progress)
+    ds = load_dataset(path, fmt, split=split, progress=_progress)
+    print_notices(ds)
+    return ds
 
 
 def _save(ds: Any, out: Path, fmt: str, overwrite: bool) -> Path:
@@ -151,6 +154,7 @@ def register(data_app: typer.Typer) -> None:
                                     "comma-separated (and images containing them); the legend "
                                     "lists only the classes drawn."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
     ) -> None:
         """Draw the boxes on the first 50 images and write a self-contained HTML gallery.
 
@@ -160,7 +164,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.show import DEFAULT_LIMIT, select_samples, show_dataset, shown_text
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         n = 0 if all_images else (DEFAULT_LIMIT if limit is None else limit)
         sel = select_samples(ds, limit=n, classes=names)  # the counts show_dataset uses
@@ -182,6 +186,7 @@ def register(data_app: typer.Typer) -> None:
         stratify: bool = typer.Option(True, "--stratify/--no-stratify",
                                       help="Stratify by each image's rarest class."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the split sizes as JSON."),
@@ -192,7 +197,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.split import split_dataset
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         name_list = [n.strip() for n in names.split(",")] if names else None
         parts = split_dataset(ds, _floats(ratios, "--ratios"), seed, stratify=stratify,
                               names=name_list)
@@ -220,6 +225,7 @@ def register(data_app: typer.Typer) -> None:
         keep_partial: str = typer.Option("difficult", "--keep-partial",
                                          help="difficult (flag them) | drop."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
     ) -> None:
@@ -231,7 +237,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.tile import tile_dataset
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         tiles = tile_dataset(ds, tile_size, gap, rate=rate, min_kept_fraction=min_kept,
                              keep_partial=keep_partial, encode=True, progress=_bar("tiling"))
         out_fmt = _out_format(ds, to)
@@ -243,6 +249,7 @@ def register(data_app: typer.Typer) -> None:
         dataset: Path = typer.Argument(..., help="Dataset folder or file."),
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
     ) -> None:
         """Cut every object out, one folder per class, and black them out of the backgrounds.
@@ -253,7 +260,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.crop import crop_objects
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         summary = crop_objects(ds, out, progress=_bar("cropping"))
         if as_json:
             print_json(summary)
@@ -270,6 +277,7 @@ def register(data_app: typer.Typer) -> None:
         per_class: bool = typer.Option(True, "--per-class/--overall", help="Drop the fraction "
                                        "of each class (default) or of all boxes together."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
@@ -283,7 +291,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.labels import drop_labels
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         result = drop_labels(ds, rate, seed, per_class=per_class)
         out_path = _save(result, out, _out_format(ds, to), overwrite)
         record = result.meta["dropped"]
@@ -301,6 +309,7 @@ def register(data_app: typer.Typer) -> None:
         min_area: float = typer.Option(None, "--min-area", help="Area threshold in pixels "
                                        "(default: the mean box area)."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
     ) -> None:
@@ -310,7 +319,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.labels import filter_small
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         result = filter_small(ds, min_area)
         _save(result, out, _out_format(ds, to), overwrite)
         m = result.meta["filter_small"]
@@ -324,6 +333,7 @@ def register(data_app: typer.Typer) -> None:
         percent: float = typer.Option(5.0, "--percent", help="Share of brightest pixels (by "
                                       "luminance) taken as the reference white."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
     ) -> None:
@@ -336,7 +346,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.whitebalance import white_balance_dataset
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         result = white_balance_dataset(ds, percent, progress=_bar("white balance"))
         _save(result, out, _out_format(ds, to), overwrite)
         info(f"wrote {len(result)} corrected images to {out}")
@@ -349,6 +359,7 @@ def register(data_app: typer.Typer) -> None:
         mode: str = typer.Option("letterbox", "--mode", help="letterbox (keep aspect, pad "
                                  "bottom/right) | resize (stretch)."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
+        split: str = typer.Option(None, "--split", help=SPLIT_HELP),
     ) -> None:
         """Decode and resize every image once into one memory-mappable cache file.
 
@@ -358,7 +369,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.pack import pack_dataset
 
-        ds = _load(dataset, fmt)
+        ds = _load(dataset, fmt, split)
         path = pack_dataset(ds, out, img_size, mode=mode, progress=_bar("packing"))
         info(f"packed {len(ds)} images at {img_size}px ({path.stat().st_size / 2**20:.1f} MiB) "
              f"-> {path}")

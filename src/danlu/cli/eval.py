@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from danlu.cli._common import console, info, prepare_numba, print_json
+from danlu.cli._common import SPLIT_KINDS, console, info, prepare_numba, print_json
 from danlu.errors import ConfigError
 
 _PROTOCOLS = ("coco", "voc07", "voc12", "dota", "dota-hbb")
@@ -49,6 +49,8 @@ def register(app: typer.Typer) -> None:
         gt_format: str = typer.Option(None, "--format", "-f", help="Format of --gt: voc, "
                                       "coco, yolo or dota (detected when omitted)."),
         gt_format_old: str = typer.Option(None, "--gt-format", hidden=True),
+        split: str = typer.Option(None, "--split", help="Read only this split of --gt: "
+                                  f"{SPLIT_KINDS}."),
         pred_format: str = typer.Option(None, "--pred-format", help="Predictions format "
                                         "(detected when omitted)."),
         report: Path = typer.Option(None, "--report", help="Write an HTML report, PR curves, "
@@ -103,14 +105,18 @@ def register(app: typer.Typer) -> None:
                 options["eleven_point"] = not all_point
         prepare_numba()  # the readers and the evaluation run numba kernels
         if model is not None:
-            gt_ds, preds = _predicted(model, gt, gt_format, skip_invalid, device=device,
+            gt_ds, preds = _predicted(model, gt, gt_format, skip_invalid, split, device=device,
                                       batch=batch, score_threshold=score_threshold)
         else:
             info(f"reading ground truth {gt} and predictions {pred}")
             gt_ds, preds = load_with_predictions(gt, pred, gt_format=gt_format,
                                                  pred_format=pred_format,
                                                  check_images=report is not None,
-                                                 skip_invalid=skip_invalid)
+                                                 skip_invalid=skip_invalid, split=split)
+            if preds.meta.get("pairing"):
+                from danlu.data.formats.pairing import describe_pairing
+
+                info(describe_pairing(preds.meta["pairing"]))
         from danlu.data.io import skipped_report
 
         for what, ds in (("ground truth", gt_ds), ("predictions", preds)):
@@ -127,6 +133,8 @@ def register(app: typer.Typer) -> None:
                                        iou=iou if iou is not None else 0.5, score=score)
         if as_json:
             doc = result.to_dict()
+            if preds.meta.get("pairing"):
+                doc["pairing"] = preds.meta["pairing"]
             if report_path is not None:
                 doc["report"] = str(report_path)
             print_json(doc)
@@ -137,14 +145,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _predicted(model: str, gt: Path, gt_format: str | None, skip_invalid: bool,
-               **options: object) -> tuple:
+               split: str | None, **options: object) -> tuple:
     """The ground truth read with its images, and ``model``'s predictions of them."""
-    from danlu.cli._common import track
+    from danlu.cli._common import print_notices, track
     from danlu.cli._eval_model import predict_ground_truth
     from danlu.data.io import load_dataset
 
     info(f"reading ground truth {gt}")
-    gt_ds = load_dataset(gt, gt_format, skip_invalid=skip_invalid)
+    gt_ds = load_dataset(gt, gt_format, split=split, skip_invalid=skip_invalid)
+    print_notices(gt_ds)
     if len(gt_ds) == 0:
         from danlu.errors import DatasetError
 

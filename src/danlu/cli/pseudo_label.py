@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from danlu.cli._common import info, print_json
+from danlu.cli._common import SPLIT_KINDS, info, print_json
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +26,8 @@ def register(app: typer.Typer) -> None:
         data_format: str = typer.Option(None, "--format", "-f", help="Format of --data: voc, "
                                         "coco, yolo or dota (default: detected)."),
         data_format_old: str = typer.Option(None, "--data-format", hidden=True),
+        split: str = typer.Option(None, "--split", help=f"Read only this split of --data: "
+                                   f"{SPLIT_KINDS}."),
         device: str = typer.Option("auto", "--device", help="auto, cpu, cuda, cuda:N, mps."),
         images: str = typer.Option("copy", "--images", help="copy, symlink or none."),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace --out."),
@@ -37,13 +39,14 @@ def register(app: typer.Typer) -> None:
         Example: danlu pseudo-label --model runs/shapes/best.pt --data shapes_missing --score 0.5
         --out shapes_pseudo
         """
-        from danlu.cli._common import renamed_option
+        from danlu.cli._common import print_notices, renamed_option
         from danlu.data.io import load_dataset
         from danlu.infer.predictor import Predictor
         from danlu.train.pseudo import pseudo_label, save_pseudo_labels
 
         data_format = renamed_option(data_format, data_format_old, "--data-format", "--format")
-        ds = load_dataset(data, format=data_format)
+        ds = load_dataset(data, format=data_format, split=split)
+        print_notices(ds)
         teacher = Predictor(model, device=device)
         result = pseudo_label(teacher, ds, score=score, iou=iou, class_agnostic=class_agnostic)
         save_pseudo_labels(result, out, images=images, overwrite=overwrite)

@@ -49,7 +49,7 @@ from danlu.data.formats._common import (
     paused_gc,
 )
 from danlu.errors import DatasetError
-from danlu.structures import Dataset, Detections
+from danlu.structures import Dataset
 
 
 @dataclass(frozen=True)
@@ -113,8 +113,10 @@ def detect_format(path: str | os.PathLike[str]) -> str:
 
     Returns:
         ``"voc"`` (``Annotations/``), ``"dota"`` (``labelTxt/``), ``"coco"`` (a ``.json`` file
-        or ``annotations.json`` / ``annotations/*.json``) or ``"yolo"`` (a YAML file with
-        ``names``, or ``images/`` + ``labels/``), checked in that order.
+        or ``annotations.json`` / ``annotations/*.json``: the COCO-2017 folder with several
+        ``instances_<split>.json`` too) or ``"yolo"`` (a YAML file with ``names``, or
+        ``images/``, Roboflow's ``<split>/images/``, CVAT's ``obj.data`` / ``obj.names``,
+        LabelImg's ``classes.txt`` beside images), checked in that order.
 
     Raises:
         DatasetError: ``path`` does not exist or matches no format.
@@ -148,8 +150,9 @@ def load_dataset(path: str | os.PathLike[str], format: str | None = None, *,
     Args:
         path: the dataset folder or file (see the format table in the module docstring).
         format: ``"voc"``, ``"coco"``, ``"yolo"`` or ``"dota"``; None detects it.
-        split: VOC ``ImageSets/Main/<split>.txt``, a YOLO ``data.yaml`` key, COCO
-            ``annotations/instances_<split>.json``; None reads everything.
+        split: VOC ``ImageSets/Main/<split>.txt``, a YOLO ``data.yaml`` key or split folder
+            (``val`` also finds ``valid``), COCO ``annotations/instances_<split>.json``; None
+            reads everything (a COCO folder with several splits then raises, listing them).
         skip_invalid: skip bad boxes, files and images instead of raising; each skip is
             described in ``meta["warnings"]``.
         class_names: the expected classes, in label order; a name outside them is an error.
@@ -159,7 +162,9 @@ def load_dataset(path: str | os.PathLike[str], format: str | None = None, *,
 
     Returns:
         A :class:`Dataset` with absolute image paths, continuous ``xyxy`` boxes, and
-        ``meta["format"]`` and ``meta["warnings"]`` (a list of strings).
+        ``meta["format"]``, ``meta["warnings"]`` (the skipped items, a list of strings) and
+        ``meta["notices"]`` (what was read but a person should know, e.g. YOLO images without
+        a label file; a list of strings).
 
     Raises:
         DatasetError: missing or malformed input, naming the file and where in it.
@@ -189,6 +194,7 @@ def load_dataset(path: str | os.PathLike[str], format: str | None = None, *,
         raise DatasetError(f"{p}: malformed {fmt.name} dataset ({type(e).__name__}: {e})"[:500]) \
             from e
     ds.meta["warnings"] = ctx.warnings
+    ds.meta["notices"] = ctx.notices
     return ds
 
 
@@ -238,32 +244,44 @@ def save_dataset(ds: Dataset, path: str | os.PathLike[str], format: str, *,
 # -- predictions ---------------------------------------------------------------------------
 def load_predictions(path: str | os.PathLike[str], gt: Dataset, format: str | None = None, *,
                      skip_invalid: bool = False) -> Dataset:
-    """Read predictions and align them, sample by sample, to the ground truth ``gt``.
+    """Read predictions and pair them, image by image, with the ground truth ``gt``.
 
-    Accepted inputs (``format`` is detected when None):
+    Images are paired by file name where the file names them, by id where both sides have
+    ids, never by position (:mod:`danlu.data.formats.pairing` has the rule); classes by
+    name where the file has names, else by id. Accepted inputs (``format`` is detected when
+    None):
 
     * ``coco-results``: a COCO results JSON list of ``{image_id, category_id, bbox, score}``
-      (bbox ``[x, y, w, h]``). ``image_id`` matches a ``gt`` sample's id, file stem, or the
-      integer id danlu's COCO writer gives it (:func:`danlu.data.formats.coco.image_ids`);
-      ``category_id`` maps through ``gt.meta["coco_category_ids"]`` when present (a gt read
-      from COCO), else ids 1..K in ``gt.class_names`` order (what :func:`save_predictions`
-      and danlu's COCO writer use).
+      (bbox ``[x, y, w, h]``). A result with a ``file_name`` (every one must then have one)
+      is paired by it; an integer ``image_id`` only with a ``gt`` sample of that integer id
+      (a ground truth read from COCO: one read from VOC, YOLO or DOTA has none, and is an
+      error); a string one with a sample of that id, else by name. ``category_id`` maps
+      through ``gt.meta["coco_category_ids"]`` when present (a gt read from COCO), else ids
+      1..K in ``gt.class_names`` order (what :func:`save_predictions` and danlu's COCO writer
+      use).
     * ``danlu-predictions``: the ``predictions.json`` that ``danlu predict`` writes (images
-      matched by file stem, classes by name).
+      by ``path``, classes by name).
     * ``yolo-labels``: a folder of YOLO ``*.txt`` files (``cls cx cy w h score``), one per
-      image stem; sizes come from ``gt``.
+      image stem, classes by index; sizes come from ``gt``.
+    * ``dota-task1`` / ``dota-task2``: a folder of DOTA result files (``Task1_<class>.txt``:
+      ``image score x1 y1 ... x4 y4``; ``Task2_<class>.txt``: ``image score xmin ymin xmax
+      ymax``), images by stem, classes by the file's name.
     * any dataset format danlu writes (``coco``, ``voc``, ``yolo``, ``dota``): read with
-      image sizes from ``gt`` where the format needs them, matched by id / stem, classes
-      matched by name.
+      image sizes from ``gt`` where the format needs them, images by file name, classes by
+      name.
 
     Returns:
         A :class:`Dataset` with ``gt``'s samples (same order, image, size and id) holding the
         predictions (scores 1.0 where the file has none; an empty ``Detections`` with scores
-        where an image has no prediction), ``gt.class_names``, and ``meta["warnings"]``.
+        where an image has no prediction), ``gt.class_names``, ``meta["warnings"]`` and
+        ``meta["pairing"]`` (how images and classes were paired:
+        :func:`danlu.data.formats.pairing.pairing_meta`).
 
     Raises:
-        DatasetError: a malformed file, an image id or class name not in ``gt`` (or, with
-            ``skip_invalid``, those are skipped and listed in ``meta["warnings"]``).
+        DatasetError: a malformed file; integer image ids against a ground truth without
+            them; an image or class name not in ``gt``, or a name that matches several
+            images (or, with ``skip_invalid``, those are skipped and listed in
+            ``meta["warnings"]``).
 
     Example:
         >>> import tempfile, pathlib
@@ -290,20 +308,22 @@ def _predictions(p: Path, gt: Dataset, format: str, ctx: ReadContext, cols: Any 
                  ) -> Dataset:
     try:
         with paused_gc():
-            per_key = _read_predictions(p, gt, format, ctx, cols)
+            found = _read_predictions(p, gt, format, ctx, cols)
     except DatasetError:
         raise
     except _PARSER_ERRORS as e:
         raise DatasetError(f"{p}: malformed predictions ({type(e).__name__}: {e})"[:500]) from e
     with paused_gc():
-        return predictions.align(p, gt, format, per_key, ctx)
+        return predictions.align(p, gt, format, found, ctx)
 
 
 def load_with_predictions(gt_path: str | os.PathLike[str], pred_path: str | os.PathLike[str],
                           *, gt_format: str | None = None, pred_format: str | None = None,
                           check_images: bool = True, skip_invalid: bool = False,
-                          progress: Progress | None = None) -> tuple[Dataset, Dataset]:
-    """:func:`load_dataset` of ``gt_path`` and :func:`load_predictions` of ``pred_path``
+                          progress: Progress | None = None, split: str | None = None
+                          ) -> tuple[Dataset, Dataset]:
+    """:func:`load_dataset` of ``gt_path`` (its ``split`` when given) and
+    :func:`load_predictions` of ``pred_path``
     against it, with the same results.
 
     A COCO results file is read in a second thread while the ground truth is parsed (its
@@ -328,7 +348,7 @@ def load_with_predictions(gt_path: str | os.PathLike[str], pred_path: str | os.P
     format = pred_format or _detect_predictions(p)
     ctx = ReadContext(skip_invalid=skip_invalid, check_images=False)
     if format != "coco-results":
-        gt = load_dataset(gt_path, gt_format, check_images=check_images,
+        gt = load_dataset(gt_path, gt_format, split=split, check_images=check_images,
                           skip_invalid=skip_invalid, progress=progress)
         return gt, _predictions(p, gt, format, ctx)
     from concurrent.futures import ThreadPoolExecutor
@@ -342,14 +362,14 @@ def load_with_predictions(gt_path: str | os.PathLike[str], pred_path: str | os.P
 
     with ThreadPoolExecutor(1) as pool:
         cols = pool.submit(columns)
-        gt = load_dataset(gt_path, gt_format, check_images=check_images,
+        gt = load_dataset(gt_path, gt_format, split=split, check_images=check_images,
                           skip_invalid=skip_invalid, progress=progress)
         return gt, _predictions(p, gt, format, ctx, cols.result())
 
 
 def _read_predictions(p: Path, gt: Dataset, format: str, ctx: ReadContext, cols: Any = None
-                      ) -> dict[str, Detections]:
-    """The predictions of each image key in ``p`` (``cols``: the columns of a COCO results
+                      ) -> predictions.PredictedImages:
+    """The predictions of each image ``p`` names (``cols``: the columns of a COCO results
     file, already read)."""
     if format == "coco-results":
         return coco_results.results_by_image(p, gt, ctx, cols)
@@ -357,6 +377,8 @@ def _read_predictions(p: Path, gt: Dataset, format: str, ctx: ReadContext, cols:
         return predictions.danlu_predictions(p, gt, ctx)
     if format == "yolo-labels":
         return predictions.yolo_label_predictions(p, gt, ctx)
+    if format in ("dota-task1", "dota-task2"):
+        return predictions.dota_result_predictions(p, gt, ctx, int(format[-1]))
     fmt = _format(format, p)
     return predictions.dataset_predictions(p, gt, fmt.name, fmt.read, ctx)
 
@@ -382,10 +404,14 @@ def _detect_predictions(p: Path) -> str:
         for fmt in FORMATS.values():
             if fmt.detect(p):
                 return fmt.name
+        task = predictions.dota_results_task(p)
+        if task is not None:
+            return f"dota-task{task}"
         if any(p.glob("*.txt")):
             return "yolo-labels"
     raise DatasetError(f"{p}: cannot tell the predictions format",
-                       hint="coco-results (.json list), yolo-labels (folder of .txt) or a "
+                       hint="coco-results (.json list), yolo-labels (folder of .txt), "
+                            "dota-task1/dota-task2 (Task1_<class>.txt files) or a "
                             f"dataset format ({', '.join(FORMATS)})")
 
 
@@ -405,6 +431,18 @@ def skipped_report(warnings: Sequence[str], where: str = "", limit: int = 10) ->
     if len(warnings) > limit:
         lines.append(f"  ... and {len(warnings) - limit} more")
     return "\n".join(lines)
+
+
+def dataset_notices(ds: Dataset) -> list[str]:
+    """What a read found that a person should know although nothing was skipped: the
+    readers' ``meta["notices"]`` (YOLO images without a label file, a split left out) and how
+    many images were found by the annotation file's stem rather than by its own file name."""
+    notes = list(ds.meta.get("notices") or [])
+    stem = (ds.meta.get("image_lookup") or {}).get("stem", 0)
+    if stem:
+        notes.append(f"{stem} of {len(ds)} images found by the annotation file's stem "
+                     "(JPEGImages/<stem>.*), not by <filename>")
+    return notes
 
 
 def save_predictions(preds: Dataset, path: str | os.PathLike[str],

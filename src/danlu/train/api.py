@@ -40,13 +40,15 @@ def _load(data: Any, fmt: str | None, what: str, skip_invalid: bool = False) -> 
             from danlu.data.pack import PackedDataset
 
             return PackedDataset(data)
-        from danlu.data.io import load_dataset, skipped_report
+        import sys
+
+        from danlu.data.io import dataset_notices, load_dataset, skipped_report
 
         ds = load_dataset(data, format=fmt, skip_invalid=skip_invalid)
+        for note in dataset_notices(ds):
+            print(f"note: {what}: {note}", file=sys.stderr, flush=True)
         report = skipped_report(ds.meta.get("warnings") or [], what)
         if report:  # named, so that nothing is dropped unseen
-            import sys
-
             print(f"warning: {report}", file=sys.stderr, flush=True)
         return ds
     if data is None:

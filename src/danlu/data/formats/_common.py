@@ -39,7 +39,8 @@ class ReadContext:
     """Options every reader takes, and the warnings it collects with ``skip_invalid``.
 
     ``fail(message)`` raises :class:`DatasetError` or, with ``skip_invalid``, records the
-    message in ``warnings`` and returns (the caller then skips the bad item).
+    message in ``warnings`` and returns (the caller then skips the bad item). ``notices``
+    hold what was read but looks wrong (nothing skipped), for the commands to print.
     """
 
     skip_invalid: bool = False
@@ -50,6 +51,9 @@ class ReadContext:
     # image sizes by file stem: used instead of image headers (predictions without images)
     sizes: Mapping[str, tuple[int, int]] | None = None
     warnings: list[str] = field(default_factory=list)
+    # what a person should know about how the dataset was read, nothing skipped (e.g. images
+    # without a label file): ``load_dataset`` puts them in ``Dataset.meta["notices"]``
+    notices: list[str] = field(default_factory=list)
 
     def fail(self, message: str, hint: str | None = None) -> None:
         if not self.skip_invalid:
@@ -101,23 +105,71 @@ def safe_join_str(root: str, relative: str, where: str) -> str:
     return os.path.join(root, *kept)
 
 
+def read_join_str(root: str, name: str, where: str) -> str:
+    """Where a file name read from an annotation file points: relative names resolve against
+    ``root`` (``..`` may climb out of it, as other readers allow), absolute names stay as they
+    are; ``\\`` separators (files written on Windows) count as ``/``.
+
+    Only readers use it: writers make their own file names (:func:`image_names`), so nothing
+    is ever written outside the output folder.
+
+    Raises:
+        DatasetError: ``name`` is not a non-empty string, or names no file (``.``).
+    """
+    if (type(name) is str and name and "/" not in name and "\\" not in name
+            and ":" not in name and "\x00" not in name and name not in (".", "..")):
+        return root + os.sep + name
+    if not isinstance(name, str) or not name or "\x00" in name:
+        raise DatasetError(f"{where}: expected a file name, got {name!r}")
+    if PureWindowsPath(name).drive and os.sep == "/":
+        return name  # a Windows path read on POSIX: names no file here, reported as missing
+    if os.sep == "/":
+        name = name.replace("\\", "/")
+    if name.strip("/.") == "":
+        raise DatasetError(f"{where}: expected a file name, got {name!r}")
+    return os.path.normpath(os.path.join(root, name))
+
+
 class FileIndex:
     """The files of a folder, listed once: existence checks without one ``stat`` per file."""
 
     def __init__(self) -> None:
         self._dirs: dict[str, set[str]] = {}
+        self._stems: dict[str, dict[str, str]] = {}
 
-    def exists(self, path: str | os.PathLike[str]) -> bool:
-        parent, name = os.path.split(os.fspath(path))
-        names = self._dirs.get(parent)
+    def names(self, folder: str) -> set[str]:
+        """The entry names of ``folder`` (empty when it cannot be listed)."""
+        names = self._dirs.get(folder)
         if names is None:
             try:
-                with os.scandir(parent) as it:
+                with os.scandir(folder) as it:
                     names = {e.name for e in it}
             except OSError:
                 names = set()
-            self._dirs[parent] = names
-        return name in names
+            self._dirs[folder] = names
+        return names
+
+    def exists(self, path: str | os.PathLike[str]) -> bool:
+        parent, name = os.path.split(os.fspath(path))
+        return name in self.names(parent)
+
+    def find_image(self, folder: str, stem: str) -> str | None:
+        """The path of the image ``folder/<stem>.<ext>`` for any extension of
+        :data:`IMAGE_EXTENSIONS`, in any case (the first in that order), or None."""
+        by_stem = self._stems.get(folder)
+        if by_stem is None:
+            ranked: dict[str, tuple[int, str]] = {}
+            for name in sorted(self.names(folder)):
+                base, ext = os.path.splitext(name)
+                rank = _EXT_RANK.get(ext.lower())
+                if rank is not None and (base not in ranked or rank < ranked[base][0]):
+                    ranked[base] = (rank, name)
+            by_stem = self._stems[folder] = {k: v[1] for k, v in ranked.items()}
+        name = by_stem.get(stem)
+        return None if name is None else os.path.join(folder, name)
+
+
+_EXT_RANK = {ext: i for i, ext in enumerate(IMAGE_EXTENSIONS)}
 
 
 def box_problems(xyxy: np.ndarray, wh: np.ndarray, tol: float) -> tuple[np.ndarray, np.ndarray]:
@@ -293,17 +345,6 @@ def assemble(raws: list[RawImage], class_names: list[str] | None, ctx: ReadConte
     return samples, list(class_names)
 
 
-def prediction_keys(sample: Sample, coco_id: int | None) -> Iterator[str]:
-    """The keys a prediction file may use for ``sample``, in the order they are tried: its
-    id, its file stem, its integer COCO id (computed only when asked for)."""
-    if sample.id is not None:
-        yield str(sample.id)
-    if isinstance(sample.image, (str, Path)):
-        yield file_stem(sample.image)
-    if coco_id is not None:
-        yield str(coco_id)
-
-
 def file_stem(image: str | Path) -> str:
     """``Path(image).stem``, without building a ``Path`` for a plain string."""
     if os.sep == "/" and isinstance(image, str) and image and not image.endswith("/"):
@@ -380,7 +421,7 @@ def place_image(sample: Sample, dst: Path, mode: str) -> None:
 
 
 __all__ = ["ReadContext", "RawImage", "assemble", "make_detections", "paused_gc",
-           "prediction_keys", "file_stem", "safe_join",
-           "safe_join_str", "FileIndex", "box_problems",
+           "file_stem", "safe_join",
+           "safe_join_str", "read_join_str", "FileIndex", "box_problems",
            "fmt_num", "image_names", "place_image", "IMAGE_EXTENSIONS", "IMAGE_MODES",
            "no_progress", "Progress"]

@@ -11,12 +11,12 @@ top-level list of objects whose members are
 * ``"category_id"``: an integer (at most 18 digits),
 * ``"bbox"``: a list of 4 numbers with ``w >= 0`` and ``h >= 0``,
 * ``"score"``: a number (absent: 1.0),
-* any other key: a number, a string or a list of numbers (skipped),
+* any other key but ``"file_name"``: a number, a string or a list of numbers (skipped),
 
 each of the first three exactly once, the score at most once. Strings must be plain printable
 ASCII (no escapes); numbers follow JSON's grammar strictly (no ``01``, ``1.``, ``.5``, ``+1``);
-``true``, ``false``, ``null``, nested objects or lists, and anything after the closing ``]``
-give up.
+``true``, ``false``, ``null``, nested objects or lists, a ``"file_name"`` (the general reader
+pairs such results by name), and anything after the closing ``]`` give up.
 
 Numbers are converted exactly as a correctly rounded parser (orjson, Python's ``float``) does:
 a decimal ``m * 10**e`` with ``m <= 2**53`` and ``|e| <= 22`` is one correctly rounded
@@ -46,6 +46,7 @@ _IMAGE_ID = np.frombuffer(b"image_id", np.uint8).copy()
 _CATEGORY_ID = np.frombuffer(b"category_id", np.uint8).copy()
 _BBOX = np.frombuffer(b"bbox", np.uint8).copy()
 _SCORE = np.frombuffer(b"score", np.uint8).copy()
+_FILE_NAME = np.frombuffer(b"file_name", np.uint8).copy()
 
 #: Column codes of hard numbers: 0..3 the bbox's, 4 the score.
 SCORE_COLUMN = 4
@@ -297,6 +298,8 @@ def _object(buf: np.ndarray, i: int, r: int, ids: np.ndarray, category: np.ndarr
                 return -1, nh
             seen_score = True
             end, nh = _member_number(buf, i, r, SCORE_COLUMN, bbox, score, hard, nh)
+        elif _same(buf, k_lo, k_hi, _FILE_NAME):
+            return -1, nh
         else:
             end = _skip_value(buf, i)
         if end < 0:

@@ -1,8 +1,13 @@
 """COCO: one instances JSON for all images, and COCO *results* JSON for predictions.
 
 Layout read: a ``.json`` file, or a folder with ``annotations.json`` (danlu's layout, images in
-``images/``) or ``annotations/instances_<split>.json`` (the official layout, images in
-``<split>/``). File names are relative to the image folder and must stay inside it.
+``images/``) or ``annotations/instances_<split>.json`` (the official layout: ``train2017``,
+``val2017`` ...). The images of split ``S`` are in ``<root>/S/`` (COCO 2017), else
+``<root>/images/S/``, else ``<root>/images/``. A folder with several splits needs ``split=``
+(``--split``): the error lists them, nothing is guessed; a folder with one reads it. Samples
+read from a split carry ``meta["split"]``. File names are relative to the image folder; one
+that is absolute, or climbs out with ``..``, is read where it points (as pycocotools and
+globox read it; the writers make their own names, so nothing is written outside the output).
 
 Conventions: COCO boxes are ``[x, y, width, height]`` in continuous pixels; danlu holds
 ``xyxy = [x, y, x + width, y + height]`` (float32) and keeps the file's numbers, float64, in
@@ -45,32 +50,59 @@ from danlu.data.formats._common import (
     image_names,
     make_detections,
     place_image,
-    safe_join_str,
+    read_join_str,
 )
 from danlu.errors import DatasetError
 from danlu.structures import Dataset, Sample
 
 
 def is_coco(path: Path) -> bool:
-    """True for a ``.json`` file or a folder holding COCO annotations."""
+    """True for a ``.json`` file or a folder holding COCO annotations (``annotations.json``,
+    or ``annotations/*.json``: one split or several)."""
     if path.is_file():
         return path.suffix.lower() == ".json"
-    return _find_json(path) is not None
+    return path.is_dir() and ((path / "annotations.json").is_file() or bool(_splits(path)))
 
 
-def _find_json(path: Path, split: str | None = None) -> Path | None:
-    if not path.is_dir():
-        return None
-    if split and (path / "annotations" / f"instances_{split}.json").is_file():
-        return path / "annotations" / f"instances_{split}.json"
+def _splits(path: Path) -> dict[str, Path]:
+    """``split -> annotations/instances_<split>.json`` (else every ``annotations/*.json``
+    by stem, when there is no ``instances_`` file), sorted by split name."""
+    ann = path / "annotations"
+    if not ann.is_dir():
+        return {}
+    found = sorted(ann.glob("instances_*.json"))
+    if found:
+        return {p.stem[len("instances_"):]: p for p in found}
+    return {p.stem: p for p in sorted(ann.glob("*.json")) if not p.name.startswith(".")}
+
+
+def _find_json(path: Path, split: str | None = None) -> Path:
+    """The instances file of the folder ``path`` for ``split`` (None: the only one).
+
+    Raises:
+        DatasetError: no annotations; several splits and no ``split`` (never guessed); a
+            ``split`` the folder does not have. The message lists the splits found.
+    """
+    splits = _splits(path)
+    if split:
+        if split in splits:
+            return splits[split]
+        have = (f"splits found: {', '.join(splits)}" if splits
+                else "the folder has no annotations/instances_<split>.json, so no splits")
+        raise DatasetError(f"{path}: COCO split {split!r} not found ({have})",
+                           hint=f"expected {path / 'annotations' / f'instances_{split}.json'}")
     if (path / "annotations.json").is_file():
         return path / "annotations.json"
-    ann = path / "annotations"
-    if ann.is_dir():
-        found = sorted(ann.glob("instances_*.json")) or sorted(ann.glob("*.json"))
-        if len(found) == 1 or (found and split is None and len(found) >= 1):
-            return found[0] if len(found) == 1 else None
-    return None
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    if splits:
+        names = ", ".join(splits)
+        first, first_json = next(iter(splits.items()))
+        raise DatasetError(f"{path}: {len(splits)} COCO splits ({names}); which one to read?",
+                           hint=f"pass --split (split= in Python), e.g. --split {first}, or "
+                                f"the split's file as the dataset: {first_json}")
+    raise DatasetError(f"{path}: no COCO annotations found",
+                       hint="expected annotations.json or annotations/instances_*.json")
 
 
 def load_json(path: Path) -> Any:
@@ -116,9 +148,8 @@ def read_coco(path: Path, ctx: ReadContext, *, image_root: Path | None = None) -
     """Read a COCO instances file (or a folder holding one); see the module docstring."""
     path = Path(path)
     json_path = path if path.is_file() else _find_json(path, ctx.split)
-    if json_path is None:
-        raise DatasetError(f"{path}: no COCO annotations found",
-                           hint="expected annotations.json or annotations/instances_*.json")
+    split = (json_path.stem[len("instances_"):] if json_path.stem.startswith("instances_")
+             else json_path.stem) if json_path.parent.name == "annotations" else None
     doc = load_json(json_path)
     src = str(json_path)
     if not isinstance(doc, dict):
@@ -231,6 +262,10 @@ def read_coco(path: Path, ctx: ReadContext, *, image_root: Path | None = None) -
     meta: dict[str, Any] = {"format": "coco", "coco_category_ids": (
         [cat_ids[names_by_id.index(c)] if c in names_by_id else None for c in class_names])}
     meta.update(kept)
+    if split is not None:
+        meta["split"] = split
+        for s in samples:
+            s.meta["split"] = split
     return Dataset(samples, class_names, meta)
 
 
@@ -250,7 +285,7 @@ def _image_rows_fast(images: list, root: str, index: FileIndex, ctx: ReadContext
     if len(set(ids)) != len(ids) or (images and (min(ws) <= 0 or min(hs) <= 0)):
         return None
     try:
-        paths = [safe_join_str(root, nm, "") for nm in names]
+        paths = [read_join_str(root, nm, "") for nm in names]
     except DatasetError:
         return None
     if ctx.check_images and not all(index.exists(p) for p in paths):
@@ -276,7 +311,7 @@ def _image_row(im: Any, i: int, src: str, root: str, index: FileIndex, ctx: Read
     if w <= 0 or h <= 0:
         raise DatasetError(f"{src}: {_where('images', i)}: expected a positive size, "
                            f"got {w} x {h}")
-    p = safe_join_str(root, im.get("file_name"), f"{src}: {_where('images', i, 'file_name')}")
+    p = read_join_str(root, im.get("file_name"), f"{src}: {_where('images', i, 'file_name')}")
     if ctx.check_images and not index.exists(p) and not os.path.isfile(p):
         raise DatasetError(f"{src}: {_where('images', i, 'file_name')}: image file {p} "
                            "not found", hint="pass check_images=False to read annotations only")
@@ -432,18 +467,22 @@ def coco_json_bytes(ds: Dataset, json_path: Path) -> bytes:
 
 def to_results_list(preds: Dataset) -> list[dict[str, Any]]:
     """COCO results: one ``{image_id, category_id, bbox, score}`` per box (score 1.0 when
-    a sample has none)."""
+    a sample has none). Images without COCO (integer) ids also get their ``file_name``, so
+    that the results pair with their images by name, never by position."""
     cids = np.asarray(category_ids(preds), np.int64)
+    named = not all(isinstance(s.id, (int, np.integer)) for s in preds.samples) and all(
+        isinstance(s.image, (str, os.PathLike)) for s in preds.samples)
     out = []
     for iid, s in zip(image_ids(preds), preds.samples, strict=True):
         d = s.detections
         if not len(d):
             continue
+        extra = {"file_name": os.path.basename(os.fspath(s.image))} if named else {}
         xy = d.xyxy.astype(np.float64)
         bbox = np.round(np.concatenate([xy[:, :2], xy[:, 2:] - xy[:, :2]], 1), 4).tolist()
         scores = d.scores.tolist() if d.scores is not None else [1.0] * len(d)
         cats = cids[d.labels].tolist()
-        out.extend({"image_id": iid, "category_id": c, "bbox": b, "score": sc}
+        out.extend({"image_id": iid, "category_id": c, "bbox": b, "score": sc, **extra}
                    for c, b, sc in zip(cats, bbox, scores, strict=True))
     return out
 

@@ -1,22 +1,25 @@
 """COCO *results* files, read into columns: a JSON list of ``{"image_id", "category_id",
-"bbox": [x, y, w, h], "score"}``, hundreds of thousands of them.
+"bbox": [x, y, w, h], "score"}``, hundreds of thousands of them; a result may name its image
+by ``"file_name"`` (its path or file name) instead of, or beside, ``image_id`` (then every
+result must, and the images are paired by name: :mod:`danlu.data.formats.pairing`).
 
 Parsing the whole list at once makes one Python dict, list and several numbers per detection
 (about half a kilobyte each: 200 MB for COCO's 450k). A file of the common shape is read by
 a numba scanner straight into the columns, a few MB of bytes at a time
-(:mod:`danlu.data.formats._results_scan`). Any other file is parsed in pieces of about 1 MB:
-the bytes are cut after a ``},`` and each piece, wrapped in ``[`` ``]``, parsed by orjson and
-turned into numpy columns before the next one. A cut inside a string or a nested
-object leaves a piece that is not valid JSON (an open string or bracket), so when every piece
-parses the cuts were between elements and the pieces hold exactly the list's elements; when
-one does not, the whole file is parsed at once instead (and a malformed file is reported with
-its line and column).
+(:mod:`danlu.data.formats._results_scan`). Any other file (one with ``file_name`` too) is
+parsed in pieces of about 1 MB: the bytes are cut after a ``},`` and each piece, wrapped in
+``[`` ``]``, parsed by orjson and turned into numpy columns before the next one. A cut
+inside a string or a nested object leaves a piece that is not valid JSON (an open string or
+bracket), so when every piece parses the cuts were between elements and the pieces hold
+exactly the list's elements; when one does not, the whole file is parsed at once instead
+(and a malformed file is reported with its line and column).
 
 A piece whose elements are all plainly valid (objects; ``image_id`` an integer or a string,
-``category_id`` an integer, ``bbox`` 4 numbers with ``w, h >= 0``, ``score`` a number or
-absent, meaning 1.0) becomes columns by a few vectorised steps; any other piece goes through
-:func:`parse_results`, item by item, which names the bad ones by their index in the file
-(``[i].bbox: ...``). The columns are the same either way.
+or a non-empty ``file_name`` string in every one; ``category_id`` an integer, ``bbox`` 4
+numbers with ``w, h >= 0``, ``score`` a number or absent, meaning 1.0) becomes columns by a
+few vectorised steps; any other piece goes through :func:`parse_results`, item by item,
+which names the bad ones by their index in the file (``[i].bbox: ...``). The columns are the
+same either way.
 
 Example:
     >>> import tempfile, pathlib
@@ -41,10 +44,11 @@ from typing import Any
 import numpy as np
 import orjson
 
-from danlu.data.formats._common import ReadContext, make_detections, prediction_keys
-from danlu.data.formats.coco import category_ids, image_ids, load_json
+from danlu.data.formats._common import ReadContext, make_detections
+from danlu.data.formats.coco import category_ids, load_json
+from danlu.data.formats.pairing import PredictedImages, pair_images
 from danlu.errors import DatasetError
-from danlu.structures import Dataset, Detections
+from danlu.structures import Dataset
 
 _PIECE = 1 << 20  # bytes per parsed piece: ~10k detections, ~5 MB of Python objects at once
 _BLOCK = 4 << 20  # bytes per block the scanner reads
@@ -58,10 +62,11 @@ _LITERALS = (b"true", b"false", b"null")
 class ResultColumns:
     """The rows of a results file that passed the checks, in file order.
 
-    ``keys`` are the distinct image ids as strings (``str(image_id)``, in order of first
-    appearance) and ``key_index[i]`` the one of row ``i``; ``position[i]`` is the row's index
-    in the JSON list (rows skipped with ``skip_invalid`` leave gaps), None when row ``i`` is
-    item ``i`` (nothing skipped).
+    ``keys`` are the distinct image ids as strings (``str(image_id)``, or the ``file_name``
+    when ``named``; in order of first appearance) and ``key_index[i]`` the one of row ``i``;
+    ``integer[k]`` is True when key ``k`` was an integer ``image_id`` in every row naming it;
+    ``position[i]`` is the row's index in the JSON list (rows skipped with ``skip_invalid``
+    leave gaps), None when row ``i`` is item ``i`` (nothing skipped).
     """
 
     keys: list[str]
@@ -70,6 +75,15 @@ class ResultColumns:
     bbox: np.ndarray  # [N, 4] float64 xywh, as in the file
     score: np.ndarray  # [N] float64
     position: np.ndarray | None  # [N] int64
+    integer: np.ndarray | None = None  # [len(keys)] bool; None: every key an integer id
+    named: bool = False  # the keys are file names (every result has a file_name)
+
+    def image_keys(self) -> list[Any]:
+        """The keys to pair images by: ``int`` for integer ids, ``str`` otherwise."""
+        if self.named:
+            return list(self.keys)
+        flags = self.integer.tolist() if self.integer is not None else [True] * len(self.keys)
+        return [int(k) if f else k for k, f in zip(self.keys, flags, strict=True)]
 
     def __len__(self) -> int:
         return len(self.category)
@@ -86,16 +100,18 @@ def _hashable(v: Any) -> bool:
 def parse_results(doc: Any, src: str, ctx: ReadContext, *, offset: int = 0
                   ) -> list[tuple[Any, int, list, float]]:
     """Check a COCO results list item by item: ``(image_id, category_id, [x, y, w, h],
-    score)`` for each valid one (``score`` 1.0 when absent); a bad one is named
-    ``[offset + i]`` and raises, or is skipped with ``ctx.skip_invalid``."""
+    score)`` for each valid one (``score`` 1.0 when absent; the ``file_name`` instead of the
+    ``image_id`` when it has one); a bad one is named ``[offset + i]`` and raises, or is
+    skipped with ``ctx.skip_invalid``."""
     if not isinstance(doc, list):
         raise DatasetError(f"{src}: expected a JSON list of results, got {type(doc).__name__}")
-    return [row[1:] for row in _check_rows(doc, src, ctx, offset)]
+    return [row[1:5] for row in _check_rows(doc, src, ctx, offset)]
 
 
 def _check_rows(doc: list, src: str, ctx: ReadContext, offset: int
-                ) -> list[tuple[int, Any, int, list, float]]:
-    """:func:`parse_results` with each valid row's index in the file first."""
+                ) -> list[tuple[int, Any, int, list, float, bool]]:
+    """:func:`parse_results` with each valid row's index in the file first and whether it
+    named its image by ``file_name`` last."""
     out = []
     for i, r in enumerate(doc, offset):
         loc = f"{src}: [{i}]"
@@ -103,7 +119,12 @@ def _check_rows(doc: list, src: str, ctx: ReadContext, offset: int
             ctx.fail(f"{loc}: expected an object")
             continue
         b, sc, cid = r.get("bbox"), r.get("score", 1.0), r.get("category_id")
-        if not _hashable(r.get("image_id")) or not isinstance(cid, int) or isinstance(cid, bool):
+        named = "file_name" in r
+        key = r["file_name"] if named else r.get("image_id")
+        if named and not (isinstance(key, str) and key.strip()):
+            ctx.fail(f"{loc}.file_name: expected the image's file name, got {key!r}"[:300])
+            continue
+        if not _hashable(key) or not isinstance(cid, int) or isinstance(cid, bool):
             ctx.fail(f"{loc}: expected image_id and an integer category_id")
             continue
         if not (isinstance(b, list) and len(b) == 4 and all(_is_num(v) for v in b)):
@@ -115,19 +136,23 @@ def _check_rows(doc: list, src: str, ctx: ReadContext, offset: int
         if not _is_num(sc):
             ctx.fail(f"{loc}.score: expected a number, got {sc!r}")
             continue
-        out.append((i, r["image_id"], cid, b, float(sc)))
+        out.append((i, key, cid, b, float(sc), named))
     return out
 
 
 @dataclass
 class _Piece:
-    """The columns of one parsed piece; ``ids`` an int64 array or a list of strings."""
+    """The columns of one parsed piece; ``ids`` an int64 array or a list of strings;
+    ``integer`` (per row) whether the id was an integer (None: all were), ``named`` (per
+    row) whether it was a ``file_name`` (None: none was)."""
 
     ids: Any
     category: np.ndarray
     bbox: np.ndarray
     score: np.ndarray
     position: np.ndarray
+    integer: np.ndarray | None = None
+    named: np.ndarray | None = None
 
 
 def _fast_piece(items: list, start: int) -> _Piece | None:
@@ -137,7 +162,12 @@ def _fast_piece(items: list, start: int) -> _Piece | None:
     try:
         if any(type(r) is not dict for r in items):
             return None
-        ids = list(map(itemgetter("image_id"), items))
+        named = sum("file_name" in r for r in items)
+        if named and named != n:
+            return None
+        ids = list(map(itemgetter("file_name" if named else "image_id"), items))
+        if named and any(type(i) is not str or not i.strip() for i in ids):
+            return None
         cats = np.array(list(map(itemgetter("category_id"), items)))
         bbox = np.array(list(map(itemgetter("bbox"), items)))
         score = np.array(list(map(methodcaller("get", "score", 1.0), items)))
@@ -151,6 +181,7 @@ def _fast_piece(items: list, start: int) -> _Piece | None:
     if n and ((bbox[:, 2] < 0) | (bbox[:, 3] < 0)).any():
         return None
     types = set(map(type, ids))
+    integer = None
     if types <= {int}:
         try:
             id_col: Any = np.array(ids, np.int64)
@@ -158,10 +189,12 @@ def _fast_piece(items: list, start: int) -> _Piece | None:
             id_col = list(map(str, ids))
     elif types <= {int, str}:
         id_col = list(map(str, ids))
+        integer = np.fromiter((type(i) is int for i in ids), bool, n)
     else:
         return None
     return _Piece(id_col, cats.astype(np.int64), bbox, score.astype(np.float64),
-                  np.arange(start, start + n, dtype=np.int64))
+                  np.arange(start, start + n, dtype=np.int64), integer,
+                  np.ones(n, bool) if named else None)
 
 
 def _checked_piece(items: list, start: int, src: str, ctx: ReadContext) -> _Piece:
@@ -170,7 +203,9 @@ def _checked_piece(items: list, start: int, src: str, ctx: ReadContext) -> _Piec
     return _Piece([str(r[1]) for r in rows], np.array([r[2] for r in rows], np.int64),
                   np.array([r[3] for r in rows], np.float64).reshape(-1, 4),
                   np.array([r[4] for r in rows], np.float64),
-                  np.array([r[0] for r in rows], np.int64))
+                  np.array([r[0] for r in rows], np.int64),
+                  np.array([type(r[1]) is int and not r[5] for r in rows], bool),
+                  np.array([r[5] for r in rows], bool))
 
 
 def _cuts(data: bytes) -> list[tuple[int, int]] | None:
@@ -242,7 +277,7 @@ def read_results(path: str | Path, ctx: ReadContext) -> ResultColumns:
             raise DatasetError(f"{src}: expected a JSON list of results, got "
                                f"{type(doc).__name__}")
         pieces = [_checked_piece(doc, 0, src, ctx)]
-    return _join(pieces)
+    return _join(pieces, src)
 
 
 def _scanned(path: Path) -> ResultColumns | None:
@@ -272,12 +307,16 @@ def _scanned(path: Path) -> ResultColumns | None:
                 break
             carry = buf[pos:]
     bbox, score = bbox[:rows], score[:rows]
+    integer = None
     if names:
         keys, key_index = _string_keys([names[r] if r in names else str(v)
                                         for r, v in enumerate(ids[:rows].tolist())])
+        is_int = np.ones(rows, bool)
+        is_int[list(names)] = False
+        integer = _per_key(is_int, key_index, len(keys))
     else:
         keys, key_index = _integer_keys(ids[:rows])
-    return ResultColumns(keys, key_index, category[:rows], bbox, score, None)
+    return ResultColumns(keys, key_index, category[:rows], bbox, score, None, integer)
 
 
 def _resolve(buf: bytes, hard: np.ndarray, strings: np.ndarray, bbox: np.ndarray,
@@ -321,8 +360,17 @@ def _string_keys(names: list[str]) -> tuple[list[str], np.ndarray]:
     return list(index), key_index
 
 
-def _join(pieces: list[_Piece]) -> ResultColumns:
-    """One set of columns; the image ids become indices into their distinct strings."""
+def _per_key(row_flag: np.ndarray, key_index: np.ndarray, num_keys: int) -> np.ndarray:
+    """For each key, whether ``row_flag`` holds for every row of it."""
+    return np.bincount(key_index, weights=~row_flag, minlength=num_keys) == 0
+
+
+def _join(pieces: list[_Piece], src: str) -> ResultColumns:
+    """One set of columns; the image ids become indices into their distinct strings.
+
+    Raises:
+        DatasetError: some results name their image by ``file_name`` and others do not.
+    """
     if pieces and all(isinstance(p.ids, np.ndarray) for p in pieces):
         keys, key_index = _integer_keys(np.concatenate([p.ids for p in pieces]))
     else:
@@ -333,38 +381,59 @@ def _join(pieces: list[_Piece]) -> ResultColumns:
         parts = [getattr(p, name) for p in pieces]
         return np.concatenate(parts) if parts else empty
 
+    def flags(name: str, default: bool) -> np.ndarray:
+        parts = [getattr(p, name) if getattr(p, name) is not None
+                 else np.full(len(p.category), default) for p in pieces]
+        return np.concatenate(parts) if parts else np.zeros(0, bool)
+
+    named = flags("named", False)
+    position = cat("position", np.zeros(0, np.int64))
+    if named.any() and not named.all():
+        odd = int(position[np.argmin(named) if named[0] else np.argmax(named)])
+        raise DatasetError(f"{src}: [{odd}]: some results name their image by file_name and "
+                           "others by image_id only: pairing them would be a guess",
+                           hint="give every result a file_name, or none")
+    integer = None
+    if any(p.integer is not None for p in pieces) or named.any():
+        integer = _per_key(flags("integer", True) & ~named, key_index, len(keys))
     return ResultColumns(keys, key_index, cat("category", np.zeros(0, np.int64)),
-                         cat("bbox", np.zeros((0, 4))), cat("score", np.zeros(0)),
-                         cat("position", np.zeros(0, np.int64)))
+                         cat("bbox", np.zeros((0, 4))), cat("score", np.zeros(0)), position,
+                         integer, bool(len(named)) and bool(named.all()))
 
 
 # -- per image -----------------------------------------------------------------------------
 def results_by_image(p: Path, gt: Dataset, ctx: ReadContext,
-                     cols: ResultColumns | None = None) -> dict[str, Detections]:
-    """A COCO results file, one ``Detections`` per image id (file order kept within an image),
-    built from its columns (:func:`read_results`, or ``cols`` already read): no object per
-    detection. Each also keeps the file's float64 ``[x, y, w, h]`` in ``extra["coco_bbox"]``.
-    An unknown category id is an error (skipped with ``ctx.skip_invalid``)."""
+                     cols: ResultColumns | None = None) -> PredictedImages:
+    """A COCO results file, one ``Detections`` per image (file order kept within an image),
+    paired with ``gt``'s samples (:func:`~danlu.data.formats.pairing.pair_images`: by
+    ``file_name`` when the results have one, else by ``image_id``) and built from its columns
+    (:func:`read_results`, or ``cols`` already read): no object per detection. Each also
+    keeps the file's float64 ``[x, y, w, h]`` in ``extra["coco_bbox"]``. Classes are mapped
+    by category id (``gt.meta["coco_category_ids"]``, else 1..K); an unknown one is an error
+    (skipped with ``ctx.skip_invalid``)."""
     if cols is None:
         cols = read_results(p, ctx)
     cids = category_ids(gt)
     label = _category_labels(cols.category, cids)
-    bad = np.flatnonzero(label < 0)
-    for i in bad.tolist():
+    ok = label >= 0
+    sizes = np.bincount(cols.key_index[ok], minlength=len(cols.keys))
+    keys = cols.image_keys()
+    pairing = pair_images(keys, "name" if cols.named else "id", gt, str(p), ctx,
+                          nonempty=(sizes > 0).tolist())
+    for i in np.flatnonzero(~ok).tolist():
         where = i if cols.position is None else int(cols.position[i])
         ctx.fail(f"{p}: [{where}].category_id: unknown category id "
                  f"{int(cols.category[i])} (known: {cids[:20]})")
-    keys, key_index, bbox, score = cols.keys, cols.key_index, cols.bbox, cols.score
+    key_index, bbox, score = cols.key_index, cols.bbox, cols.score
     del cols  # the columns are copied once, in image order, below
-    if len(bad):
-        ok = label >= 0
+    if not ok.all():
         key_index, label, bbox, score = key_index[ok], label[ok], bbox[ok], score[ok]
     # Image by image, the images in the order of the samples they go to (so that the
     # evaluation can read the columns in sample order without copying them); a file written
-    # in that order is taken as it is.
-    block = _claim_order(keys, gt)
+    # in that order is taken as it is. Images paired with no sample come after, in order.
+    block = np.asarray(pairing.index, np.int64).reshape(-1)
+    block = np.where(block >= 0, block, len(gt) + np.arange(len(keys)))
     row_block = block[key_index]
-    sizes = np.bincount(key_index, minlength=len(keys))
     del key_index
     if len(row_block) > 1 and (row_block[1:] < row_block[:-1]).any():
         order = np.argsort(row_block, kind="stable")
@@ -380,26 +449,12 @@ def results_by_image(p: Path, gt: Dataset, ctx: ReadContext,
     xyxy[:, :2] = bbox[:, :2]
     np.add(bbox[:, :2], bbox[:, 2:], out=xyxy[:, 2:], casting="same_kind")
     spans = zip(starts.tolist(), (starts + sizes).tolist(), strict=True)
-    return {keys[k]: make_detections(xyxy[a:b], labels[a:b], scores=scores[a:b],
-                                     extra={"coco_bbox": bbox[a:b]})
-            for k, (a, b) in enumerate(spans) if b > a}
-
-
-def _claim_order(keys: list[str], gt: Dataset) -> np.ndarray:
-    """For each key, the index of the first sample that takes it (as
-    :func:`danlu.data.io.load_predictions` matches them); keys no sample takes come after, in
-    their order."""
-    index = {k: i for i, k in enumerate(keys)}
-    block = np.arange(len(gt), len(gt) + len(keys), dtype=np.int64)
-    claimed = np.zeros(len(keys), bool)
-    for j, (s, cid) in enumerate(zip(gt.samples, image_ids(gt), strict=True)):
-        for k in prediction_keys(s, cid):
-            i = index.get(k)
-            if i is not None:
-                if not claimed[i]:
-                    claimed[i], block[i] = True, j
-                break
-    return block
+    dets = [make_detections(xyxy[a:b], labels[a:b], scores=scores[a:b],
+                            extra={"coco_bbox": bbox[a:b]}) if b > a else None
+            for a, b in spans]
+    own = "coco_category_ids" in gt.meta and category_ids(gt) == gt.meta["coco_category_ids"]
+    return PredictedImages(keys, dets, pairing.by, "id", pairing,
+                           {"category_ids": "ground truth" if own else "1..K"})
 
 
 def _category_labels(category: np.ndarray, cids: list[int]) -> np.ndarray:

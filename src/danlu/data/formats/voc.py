@@ -3,7 +3,7 @@
 Layout::
 
     ROOT/Annotations/<id>.xml
-    ROOT/JPEGImages/<filename>
+    ROOT/JPEGImages/<filename>           (else JPEGImages/<id>.<any image extension>)
     ROOT/ImageSets/Main/<split>.txt      (one id per line; optional)
     ROOT/labels.txt                      (class names, one per line; optional, written by danlu)
 
@@ -11,6 +11,13 @@ Coordinates: VOC counts pixels from 1 and its boxes are inclusive, so a box cove
 ``xmin..xmax`` (1-based) is the continuous box ``x1 = xmin - 1, x2 = xmax`` in danlu's
 convention (width ``xmax - xmin + 1``); the writer inverts it, so integer VOC coordinates
 survive read -> write -> read unchanged.
+
+The image of ``<id>.xml`` is the file its ``<filename>`` names in ``JPEGImages/``; when that
+is missing or names no file (exports that rename images, e.g. Roboflow's), it is
+``JPEGImages/<id>.*`` with any image extension, as the VOC devkit finds it. Each sample's
+``meta["image_found_by"]`` says which rule found it (``"filename"`` or ``"stem"``) and
+``Dataset.meta["image_lookup"]`` counts them (``"unchecked"``: not found, read anyway with
+``check_images=False``).
 
 Per-box flags ``difficult`` and ``truncated`` are kept (``occluded`` too when present).
 XML is parsed with defusedxml's parser (entity declarations and external entities raise
@@ -178,10 +185,19 @@ def _parse_file(xml_path: str, stem: str, img_dir: str, images: FileIndex,
     _check_xml(data, where)
     parsed = _fast_parse(data) or _slow_parse(data, where)
     top = parsed["top"]
-    filename = top.get(b"filename", b"").decode("utf-8").strip() or stem + ".jpg"
-    image_path = safe_join_str(img_dir, filename, f"{where}: <filename>")
-    if ctx.check_images and not images.exists(image_path):
-        raise DatasetError(f"{where}: image file {image_path} not found")
+    filename = top.get(b"filename", b"").decode("utf-8").strip()
+    named = safe_join_str(img_dir, filename, f"{where}: <filename>") if filename else None
+    if named is not None and images.exists(named):
+        image_path, found_by = named, "filename"
+    else:  # what the VOC devkit does: JPEGImages/<the XML file's stem>.<ext>
+        image_path, found_by = images.find_image(img_dir, stem), "stem"
+        if image_path is None:
+            if ctx.check_images:
+                tried = f"image file {named} not found, " if named else "no <filename>, "
+                raise DatasetError(f"{where}: {tried}nor an image JPEGImages/{stem}.* by the "
+                                   "XML file's stem",
+                                   hint="name the image in <filename> or after the XML file")
+            image_path, found_by = named or os.path.join(img_dir, stem + ".jpg"), None
     try:
         width = int(float(top.get(b"width", b"0")))
         height = int(float(top.get(b"height", b"0")))
@@ -195,7 +211,8 @@ def _parse_file(xml_path: str, stem: str, img_dir: str, images: FileIndex,
             raise DatasetError(f"{where}: <size> is missing and the image is not there to "
                                "measure")
         width, height = image_size(image_path)
-    raw = RawImage(image_path, width, height, stem, where)
+    raw = RawImage(image_path, width, height, stem, where,
+                   meta={"image_found_by": found_by} if found_by else {})
     return raw, parsed["objects"]
 
 
@@ -309,7 +326,11 @@ def read_voc(path: Path, ctx: ReadContext) -> Dataset:
     flat = _flatten(raws, objects, ctx)
     samples, names = assemble(raws, class_names, ctx, tol=1.0, flat=flat,
                               loc_format="object[{k}]")
-    meta = {"format": "voc"}
+    lookup = {"filename": 0, "stem": 0}
+    for s in samples:
+        found_by = s.meta.get("image_found_by")
+        lookup[found_by or "unchecked"] = lookup.get(found_by or "unchecked", 0) + 1
+    meta: dict[str, Any] = {"format": "voc", "image_lookup": lookup}
     if ctx.split:
         meta["split"] = ctx.split
         for s in samples:

@@ -8,15 +8,21 @@ Layout::
 
 Conventions: ``cx cy w h`` are the box center and size divided by the image width and height
 (normalized to 0..1); ``cls`` is the 0-based label. An optional 6th column is a confidence
-score (predictions). An image without a label file has no boxes. Image sizes are read from
-the image headers (:mod:`danlu.data.imagesize`). The label file of an image is found as in
-Ultralytics: the last ``images`` folder of its path replaced by ``labels``, suffix ``.txt``.
+score (predictions). An image without a label file has no boxes (a notice counts them; none
+at all is an error). Image sizes are read from the image headers (:mod:`danlu.data.imagesize`).
+The label file of an image is found as in Ultralytics: the last ``images`` folder of its path
+replaced by ``labels``, suffix ``.txt``; else with the other name of the validation split
+(``val`` / ``valid``), else beside the image. Roboflow exports (``train/images``,
+``train/labels``, ``valid/``), CVAT / darknet exports (``obj.data``, ``obj.names``,
+``train.txt``, ``obj_train_data/``) and LabelImg folders (``classes.txt``, labels beside the
+images) are read too: :mod:`danlu.data.formats._yolo_layout` lists the layouts.
 
 ``data.yaml`` keys: ``path`` (the dataset root, relative to the YAML file; default its
 folder), ``train`` / ``val`` / ``test`` (a folder of images or a ``.txt`` list of image paths,
 or a list of those, relative to ``path``; they must stay inside it), ``names``. Without a YAML
 file, ``ROOT/images/<split>/`` folders (or ``ROOT/images/`` itself) are read and the class
-names come from ``classes.txt`` when present. Each sample's ``meta["split"]`` is its split.
+names come from ``classes.txt`` when present. Each sample's ``meta["split"]`` is its split;
+``split="val"`` also selects a split named ``valid`` or ``validation``.
 
 Example:
     >>> import numpy as np, tempfile, pathlib
@@ -39,123 +45,35 @@ import numpy as np
 import yaml
 
 from danlu.data.formats._common import (
-    IMAGE_EXTENSIONS,
     RawImage,
     ReadContext,
     assemble,
     image_names,
     place_image,
-    safe_join,
+)
+from danlu.data.formats._yolo_layout import (
+    LabelFinder,
+    find_items,
+    find_yaml,
+    is_yolo_folder,
 )
 from danlu.data.imagesize import image_size
 from danlu.errors import DatasetError
 from danlu.structures import Dataset, Sample
 
-SPLITS = ("train", "val", "test")
-
-
-def find_yaml(path: Path) -> Path | None:
-    """The dataset YAML of a YOLO folder (``data.yaml``, ``dataset.yaml``, else the one
-    ``*.yaml`` with ``names``), or ``path`` itself when it is a YAML file."""
-    if path.is_file():
-        return path if path.suffix.lower() in (".yaml", ".yml") else None
-    for name in ("data.yaml", "dataset.yaml", "data.yml"):
-        if (path / name).is_file():
-            return path / name
-    if path.is_dir():
-        cands = [p for p in sorted(path.glob("*.y*ml")) if b"names" in _head(p)]
-        if len(cands) == 1:
-            return cands[0]
-    return None
-
-
-def _head(p: Path) -> bytes:
-    try:
-        with open(p, "rb") as f:
-            return f.read(65536)
-    except OSError:
-        return b""
-
 
 def is_yolo(path: Path) -> bool:
-    """True for a YOLO dataset YAML or a folder with ``images/`` and ``labels/``."""
-    if find_yaml(path) is not None:
-        return True
-    return path.is_dir() and (path / "images").is_dir() and (path / "labels").is_dir()
+    """True for a YOLO dataset YAML, or a folder in one of the layouts
+    :mod:`danlu.data.formats._yolo_layout` reads (``images/`` + ``labels/``, Roboflow's
+    ``train/images``, CVAT's ``obj.data``, LabelImg's ``classes.txt`` beside the images)."""
+    return find_yaml(path) is not None or is_yolo_folder(path)
 
 
-def _load_yaml(p: Path) -> dict[str, Any]:
-    try:
-        doc = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{p}: cannot read as UTF-8 text ({e})") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f"line {mark.line + 1}: " if mark is not None else ""
-        raise DatasetError(f"{p}: {line}malformed YAML ({getattr(e, 'problem', e)})") from e
-    if not isinstance(doc, dict):
-        raise DatasetError(f"{p}: expected a mapping with names and train/val/test")
-    return doc
-
-
-def _names(doc: dict[str, Any], where: str) -> list[str] | None:
-    names = doc.get("names")
-    if names is None:
-        nc = doc.get("nc")
-        return [str(i) for i in range(nc)] if isinstance(nc, int) and 0 <= nc < 10**6 else None
-    if isinstance(names, list):
-        return [str(n) for n in names]
-    if isinstance(names, dict):
-        if not all(isinstance(k, int) and 0 <= k < 10**6 for k in names):
-            raise DatasetError(f"{where}: names: expected integer keys 0..K-1")
-        out = [str(i) for i in range(max(names) + 1 if names else 0)]
-        for k, v in names.items():
-            out[k] = str(v)
-        return out
-    raise DatasetError(f"{where}: names: expected a list or a mapping, got "
-                       f"{type(names).__name__}")
-
-
-def _list_images(folder: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames.sort()
-        out.extend(Path(dirpath) / f for f in sorted(filenames)
-                   if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."))
-    return out
-
-
-def _split_images(base: Path, entry: Any, where: str) -> list[Path]:
-    entries = entry if isinstance(entry, list) else [entry]
-    out: list[Path] = []
-    for e in entries:
-        if not isinstance(e, str):
-            raise DatasetError(f"{where}: expected a folder or .txt path, got {e!r}")
-        p = safe_join(base, e, where)
-        if p.suffix == ".txt" and p.is_file():
-            for lineno, line in enumerate(p.read_text(encoding="utf-8",
-                                                      errors="replace").splitlines(), 1):
-                line = line.strip()
-                if line:
-                    out.append(safe_join(p.parent, line, f"{p}: line {lineno}"))
-        elif p.is_dir():
-            out.extend(_list_images(p))
-        else:
-            raise DatasetError(f"{where}: {p} is neither a folder nor a .txt list")
-    return out
-
-
-def _label_path(image: Path) -> Path:
-    s = str(image)
-    sa, sb = f"{os.sep}images{os.sep}", f"{os.sep}labels{os.sep}"
-    if sa in s:
-        head, tail = s.rsplit(sa, 1)
-        s = head + sb + tail
-    return Path(os.path.splitext(s)[0] + ".txt")
-
-
-def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage) -> None:
-    """Fill ``raw`` from a label file's bytes (errors raise DatasetError naming the line)."""
+def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage, *,
+                  num_classes: int | None = None) -> None:
+    """Fill ``raw`` from a label file's bytes (errors raise DatasetError naming the file and
+    the line). With ``num_classes``, a class index outside ``0..num_classes-1`` is such an
+    error too (readers that check classes later leave it None)."""
     lines = data.splitlines()
     rows = [ln for ln in lines if ln.strip()]
     tokens = data.split()
@@ -178,6 +96,12 @@ def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage) -> Non
         k = int(np.flatnonzero((cls != np.round(cls)) | (np.abs(cls) > 2**31))[0])
         raise DatasetError(f"{path}: {_line_of(raw, k)}: expected an integer class index, "
                            f"got {cls[k]!r}")
+    if num_classes is not None:
+        out = np.flatnonzero((cls < 0) | (cls >= num_classes))
+        if len(out):
+            k = int(out[0])
+            raise DatasetError(f"{path}: {_line_of(raw, k)}: class index {int(cls[k])} outside "
+                               f"0..{num_classes - 1}")
     neg = np.flatnonzero((arr[:, 3] < 0) | (arr[:, 4] < 0))
     if len(neg):
         k = int(neg[0])
@@ -225,82 +149,47 @@ def _slow_rows(path: Path, lines: list[bytes], raw: RawImage) -> np.ndarray:
     return np.asarray(rows, np.float64).reshape(-1, ncol or 5)
 
 
-def _splits(path: Path, ctx: ReadContext) -> tuple[list[tuple[str | None, Path]], list[str] | None,
-                                                   Path]:
-    yml = find_yaml(path)
-    if yml is not None:
-        doc = _load_yaml(yml)
-        names = _names(doc, str(yml))
-        base = yml.parent
-        if isinstance(doc.get("path"), str) and doc["path"]:
-            base = (yml.parent / doc["path"]).resolve()
-            if not base.is_dir():
-                base = yml.parent
-        wanted = [ctx.split] if ctx.split else [s for s in SPLITS if doc.get(s)]
-        if ctx.split and not doc.get(ctx.split):
-            raise DatasetError(f"{yml}: split {ctx.split!r} not found")
-        out: list[tuple[str | None, Path]] = []
-        seen: set[Path] = set()
-        for s in wanted:
-            for p in _split_images(base, doc[s], f"{yml}: {s}"):
-                if p not in seen:
-                    seen.add(p)
-                    out.append((s, p))
-        return out, names, base
-    root = path
-    if not (root / "images").is_dir():
-        raise DatasetError(f"{path}: not a YOLO dataset (no data.yaml and no images/ folder)")
-    names = None
-    for fname in ("classes.txt", "labels.txt"):
-        if (root / fname).is_file():
-            names = [ln.strip() for ln in (root / fname).read_text(encoding="utf-8",
-                                                                     errors="replace")
-                     .splitlines() if ln.strip()]
-            break
-    subdirs = sorted(p for p in (root / "images").iterdir() if p.is_dir())
-    if ctx.split:
-        subdirs = [p for p in subdirs if p.name == ctx.split]
-        if not subdirs:
-            raise DatasetError(f"{root / 'images'}: split {ctx.split!r} not found")
-    if subdirs:
-        return [(d.name, p) for d in subdirs for p in _list_images(d)], names, root
-    return [(None, p) for p in _list_images(root / "images")], names, root
-
-
 def read_yolo(path: Path, ctx: ReadContext) -> Dataset:
-    """Read a YOLO dataset (see the module docstring for the layout and conventions)."""
+    """Read a YOLO dataset (see the module docstring for the layouts and conventions).
+
+    Images without a label file have no boxes and are counted in a notice
+    (``Dataset.meta["notices"]``) naming the folders looked in; when no image has one, it is
+    an error: a labelled dataset with no label file at all is a layout danlu did not find
+    (empty label files are fine: background images).
+    """
     path = Path(path)
-    items, names, base = _splits(path, ctx)
+    items, names, base = find_items(path, ctx)
     if ctx.class_names is not None:
         names = list(ctx.class_names)
     raws = []
-    label_dirs: dict[str, set[str] | None] = {}
+    finder = LabelFinder(base)
     for split, img in ctx.progress(items, "reading YOLO", len(items)):
-        lab = _label_path(img)
-        d = str(lab.parent)
-        if d not in label_dirs:
-            try:
-                with os.scandir(d) as it:
-                    label_dirs[d] = {e.name for e in it}
-            except OSError:
-                label_dirs[d] = set()
+        lab = finder.find(img)
         try:
             if ctx.sizes is not None and img.stem in ctx.sizes:
                 w, h = ctx.sizes[img.stem]
             else:
                 w, h = image_size(img)
-            raw = RawImage(str(img), w, h, img.stem, str(lab),
+            raw = RawImage(str(img), w, h, img.stem, lab or str(img),
                            meta={"split": split} if split else {})
-            if lab.name in label_dirs[d]:
+            if lab is not None:
                 try:
                     with open(lab, "rb") as f:
                         data = f.read()
                 except OSError as e:
                     raise DatasetError(f"{lab}: cannot read ({e.strerror or e})") from e
-                _parse_labels(lab, data, w, h, raw)
+                _parse_labels(Path(lab), data, w, h, raw)
             raws.append(raw)
         except DatasetError as e:
             ctx.fail(e.message, e.hint)
+    if finder.missing and ctx.sizes is None:  # (predictions: an image may have none)
+        said = finder.report(len(items), base)
+        if len(finder.missing) == len(items):
+            raise DatasetError(f"{path}: {said}",
+                               hint="put each image's labels in labels/<split>/<stem>.txt "
+                                    "(images in images/<split>/) or <stem>.txt beside it; "
+                                    "an image without boxes needs an empty .txt")
+        ctx.notices.append(said)
     with_scores = [r.scores is not None for r in raws if len(r.boxes)]
     if any(with_scores):
         for r in raws:
