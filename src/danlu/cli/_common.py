@@ -190,6 +190,11 @@ SPLIT_KINDS = ("a VOC ImageSets/Main name, a YOLO data.yaml key or images/<split
 SPLIT_HELP = f"Read only this split: {SPLIT_KINDS}."
 
 
+#: the help of every ``--image-dir`` option
+IMAGE_DIR_HELP = ("Find the images here when they are not where the annotations say (by "
+                  "file name, then by stem, in any sub-folder).")
+
+
 def print_notices(ds: Any) -> None:
     """Print :func:`danlu.data.io.dataset_notices` of a dataset just read, one ``note:`` line
     each, on stderr (even with --quiet: they say what was read)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from danlu.cli._common import console, info, print_json, print_notices, track
+from danlu.cli._common import IMAGE_DIR_HELP, console, info, print_json, print_notices, track
 
 data_app = typer.Typer(
     name="data",
@@ -48,7 +48,8 @@ def register_convert(app: typer.Typer) -> None:
         skip_invalid: bool = typer.Option(False, "--skip-invalid", help="Skip bad boxes, "
                                           "files and images; list them in a report file."),
         images: str = typer.Option("copy", "--images", help="copy, symlink or none (annotations "
-                                   "only)."),
+                                   "only: SRC's images need not be on disk)."),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty DST."),
     ) -> None:
         """Convert a dataset between VOC, COCO, YOLO and DOTA.
@@ -64,7 +65,8 @@ def register_convert(app: typer.Typer) -> None:
 
         from_ = renamed_option(from_, from_old, "--from", "--format")
         ds = load_dataset(src, from_, split=split, skip_invalid=skip_invalid,
-                          progress=track)
+                          check_images="warn" if images == "none" else True,
+                          image_dir=image_dir, progress=track)
         print_notices(ds)
         warnings = ds.meta.get("warnings", [])
         save_dataset(ds, dst, to, images=images, overwrite=overwrite, progress=track)
@@ -87,6 +89,7 @@ def register_stats(app: typer.Typer) -> None:
         plot: Path = typer.Option(None, "--plot", help="Also draw the histograms as a PNG."),
         skip_invalid: bool = typer.Option(False, "--skip-invalid",
                                           help="Skip bad items instead of stopping."),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         check_images: bool = typer.Option(False, "--check-images", help="Also decode every "
                                           "image and list the broken ones (truncated, not an "
                                           "image, a size other than the annotation's)."),
@@ -101,7 +104,9 @@ def register_stats(app: typer.Typer) -> None:
         from danlu.data.io import load_dataset
         from danlu.data.stats import dataset_stats, plot_stats
 
+        # the counts need no pixels: images that are not on disk are counted, not fatal
         ds = load_dataset(dataset, format, split=split, skip_invalid=skip_invalid,
+                          check_images=True if check_images else "warn", image_dir=image_dir,
                           progress=track)
         st = dataset_stats(ds)
         st["format"] = ds.meta.get("format")

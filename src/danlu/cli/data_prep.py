@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import orjson
 import typer
 
-from danlu.cli._common import SPLIT_HELP, info, print_json, track
+from danlu.cli._common import IMAGE_DIR_HELP, SPLIT_HELP, info, print_json, track
 from danlu.errors import ConfigError
 
 T = TypeVar("T")
@@ -32,11 +32,12 @@ def _bar(description: str):  # noqa: ANN202 - a one-argument progress wrapper
     return lambda items: track(items, description)
 
 
-def _load(path: Path, fmt: str | None, split: str | None = None):  # noqa: ANN202 - a Dataset
+def _load(path: Path, fmt: str | None, split: str | None = None,  # noqa: ANN202 - a Dataset
+          image_dir: Path | None = None):
     from danlu.cli._common import print_notices
     from danlu.data.io import load_dataset
 
-    ds = load_dataset(path, fmt, split=split, progress=_progress)
+    ds = load_dataset(path, fmt, split=split, image_dir=image_dir, progress=_progress)
     print_notices(ds)
     return ds
 
@@ -155,6 +156,7 @@ def register(data_app: typer.Typer) -> None:
                                     "lists only the classes drawn."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
     ) -> None:
         """Draw the boxes on the first 50 images and write a self-contained HTML gallery.
 
@@ -164,7 +166,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.show import DEFAULT_LIMIT, select_samples, show_dataset, shown_text
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
         n = 0 if all_images else (DEFAULT_LIMIT if limit is None else limit)
         sel = select_samples(ds, limit=n, classes=names)  # the counts show_dataset uses
@@ -187,6 +189,7 @@ def register(data_app: typer.Typer) -> None:
                                       help="Stratify by each image's rarest class."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the split sizes as JSON."),
@@ -197,7 +200,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.split import split_dataset
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         name_list = [n.strip() for n in names.split(",")] if names else None
         parts = split_dataset(ds, _floats(ratios, "--ratios"), seed, stratify=stratify,
                               names=name_list)
@@ -226,6 +229,7 @@ def register(data_app: typer.Typer) -> None:
                                          help="difficult (flag them) | drop."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
     ) -> None:
@@ -237,7 +241,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.tile import tile_dataset
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         tiles = tile_dataset(ds, tile_size, gap, rate=rate, min_kept_fraction=min_kept,
                              keep_partial=keep_partial, encode=True, progress=_bar("tiling"))
         out_fmt = _out_format(ds, to)
@@ -250,6 +254,7 @@ def register(data_app: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", "-o", help="Output folder."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the counts as JSON."),
     ) -> None:
         """Cut every object out, one folder per class, and black them out of the backgrounds.
@@ -260,7 +265,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.crop import crop_objects
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         summary = crop_objects(ds, out, progress=_bar("cropping"))
         if as_json:
             print_json(summary)
@@ -278,6 +283,7 @@ def register(data_app: typer.Typer) -> None:
                                        "of each class (default) or of all boxes together."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
         as_json: bool = typer.Option(False, "--json", help="Print the record as JSON."),
@@ -291,7 +297,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.labels import drop_labels
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         result = drop_labels(ds, rate, seed, per_class=per_class)
         out_path = _save(result, out, _out_format(ds, to), overwrite)
         record = result.meta["dropped"]
@@ -310,6 +316,7 @@ def register(data_app: typer.Typer) -> None:
                                        "(default: the mean box area)."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
     ) -> None:
@@ -319,7 +326,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.labels import filter_small
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         result = filter_small(ds, min_area)
         _save(result, out, _out_format(ds, to), overwrite)
         m = result.meta["filter_small"]
@@ -334,6 +341,7 @@ def register(data_app: typer.Typer) -> None:
                                       "luminance) taken as the reference white."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         to: str = typer.Option(None, "--to", help=_TO_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help=_OVERWRITE_HELP),
     ) -> None:
@@ -346,7 +354,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.whitebalance import white_balance_dataset
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         result = white_balance_dataset(ds, percent, progress=_bar("white balance"))
         _save(result, out, _out_format(ds, to), overwrite)
         info(f"wrote {len(result)} corrected images to {out}")
@@ -360,6 +368,7 @@ def register(data_app: typer.Typer) -> None:
                                  "bottom/right) | resize (stretch)."),
         fmt: str = typer.Option(None, "--format", "-f", help=_FORMAT_HELP),
         split: str = typer.Option(None, "--split", help=SPLIT_HELP),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
     ) -> None:
         """Decode and resize every image once into one memory-mappable cache file.
 
@@ -369,7 +378,7 @@ def register(data_app: typer.Typer) -> None:
         """
         from danlu.data.pack import pack_dataset
 
-        ds = _load(dataset, fmt, split)
+        ds = _load(dataset, fmt, split, image_dir)
         path = pack_dataset(ds, out, img_size, mode=mode, progress=_bar("packing"))
         info(f"packed {len(ds)} images at {img_size}px ({path.stat().st_size / 2**20:.1f} MiB) "
              f"-> {path}")

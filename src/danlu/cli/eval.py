@@ -7,7 +7,15 @@ from pathlib import Path
 
 import typer
 
-from danlu.cli._common import SPLIT_KINDS, console, info, prepare_numba, print_json
+from danlu.cli._common import (
+    IMAGE_DIR_HELP,
+    SPLIT_KINDS,
+    console,
+    info,
+    prepare_numba,
+    print_json,
+    print_notices,
+)
 from danlu.errors import ConfigError
 
 _PROTOCOLS = ("coco", "voc07", "voc12", "dota", "dota-hbb")
@@ -51,6 +59,7 @@ def register(app: typer.Typer) -> None:
         gt_format_old: str = typer.Option(None, "--gt-format", hidden=True),
         split: str = typer.Option(None, "--split", help="Read only this split of --gt: "
                                   f"{SPLIT_KINDS}."),
+        image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         pred_format: str = typer.Option(None, "--pred-format", help="Predictions format "
                                         "(detected when omitted)."),
         report: Path = typer.Option(None, "--report", help="Write an HTML report, PR curves, "
@@ -105,14 +114,18 @@ def register(app: typer.Typer) -> None:
                 options["eleven_point"] = not all_point
         prepare_numba()  # the readers and the evaluation run numba kernels
         if model is not None:
-            gt_ds, preds = _predicted(model, gt, gt_format, skip_invalid, split, device=device,
+            gt_ds, preds = _predicted(model, gt, gt_format, skip_invalid, split, image_dir,
+                                      device=device,
                                       batch=batch, score_threshold=score_threshold)
         else:
             info(f"reading ground truth {gt} and predictions {pred}")
             gt_ds, preds = load_with_predictions(gt, pred, gt_format=gt_format,
                                                  pred_format=pred_format,
-                                                 check_images=report is not None,
-                                                 skip_invalid=skip_invalid, split=split)
+                                                 # the metrics need no pixels, the report does
+                                                 check_images=True if report else "warn",
+                                                 skip_invalid=skip_invalid, split=split,
+                                                 image_dir=image_dir)
+            print_notices(gt_ds)
             if preds.meta.get("pairing"):
                 from danlu.data.formats.pairing import describe_pairing
 
@@ -145,14 +158,15 @@ def register(app: typer.Typer) -> None:
 
 
 def _predicted(model: str, gt: Path, gt_format: str | None, skip_invalid: bool,
-               split: str | None, **options: object) -> tuple:
+               split: str | None, image_dir: Path | None, **options: object) -> tuple:
     """The ground truth read with its images, and ``model``'s predictions of them."""
-    from danlu.cli._common import print_notices, track
+    from danlu.cli._common import track
     from danlu.cli._eval_model import predict_ground_truth
     from danlu.data.io import load_dataset
 
     info(f"reading ground truth {gt}")
-    gt_ds = load_dataset(gt, gt_format, split=split, skip_invalid=skip_invalid)
+    gt_ds = load_dataset(gt, gt_format, split=split, skip_invalid=skip_invalid,
+                         image_dir=image_dir)
     print_notices(gt_ds)
     if len(gt_ds) == 0:
         from danlu.errors import DatasetError

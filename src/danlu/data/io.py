@@ -143,7 +143,8 @@ def _format(name: str | None, path: Path) -> Format:
 
 def load_dataset(path: str | os.PathLike[str], format: str | None = None, *,
                  split: str | None = None, skip_invalid: bool = False,
-                 class_names: Sequence[str] | str | None = None, check_images: bool = True,
+                 class_names: Sequence[str] | str | None = None,
+                 check_images: bool | str = True, image_dir: str | os.PathLike[str] | None = None,
                  progress: Progress | None = None) -> Dataset:
     """Read a dataset from disk.
 
@@ -157,7 +158,11 @@ def load_dataset(path: str | os.PathLike[str], format: str | None = None, *,
             described in ``meta["warnings"]``.
         class_names: the expected classes, in label order; a name outside them is an error.
             DOTA also takes ``"dota-v1.0"``, ``"dota-v1.5"``, ``"dota-v2.0"``.
-        check_images: require the image files to exist (formats that store sizes only).
+        check_images: True: every image must be on disk (else an error, or a skip with
+            ``skip_invalid``); ``"warn"``: read the annotations of images that are not (formats
+            that store the sizes) and count them in ``meta["notices"]``; False: do not look.
+        image_dir: a folder to find the images in when they are not where the annotations
+            say (:func:`danlu.data.images_elsewhere.relocate_images`).
         progress: wraps the file iteration, ``progress(items, description, total)``.
 
     Returns:
@@ -183,7 +188,8 @@ def load_dataset(path: str | os.PathLike[str], format: str | None = None, *,
         None if class_names is None else [str(c) for c in class_names])
     if isinstance(class_names, str) and fmt.name != "dota":
         raise DatasetError(f"class_names={class_names!r}: expected a list of names")
-    ctx = ReadContext(skip_invalid=skip_invalid, check_images=check_images, split=split,
+    ctx = ReadContext(skip_invalid=skip_invalid,
+                      check_images=check_images is True and image_dir is None, split=split,
                       class_names=names, progress=progress or no_progress)  # type: ignore[arg-type]
     try:
         with paused_gc():
@@ -193,6 +199,10 @@ def load_dataset(path: str | os.PathLike[str], format: str | None = None, *,
     except _PARSER_ERRORS as e:
         raise DatasetError(f"{p}: malformed {fmt.name} dataset ({type(e).__name__}: {e})"[:500]) \
             from e
+    if image_dir is not None or check_images == "warn":
+        from danlu.data.images_elsewhere import apply_image_policy
+
+        ds = apply_image_policy(ds, ctx, check_images, image_dir)
     ds.meta["warnings"] = ctx.warnings
     ds.meta["notices"] = ctx.notices
     return ds
@@ -320,7 +330,8 @@ def _predictions(p: Path, gt: Dataset, format: str, ctx: ReadContext, cols: Any 
 def load_with_predictions(gt_path: str | os.PathLike[str], pred_path: str | os.PathLike[str],
                           *, gt_format: str | None = None, pred_format: str | None = None,
                           check_images: bool = True, skip_invalid: bool = False,
-                          progress: Progress | None = None, split: str | None = None
+                          progress: Progress | None = None, split: str | None = None,
+                          image_dir: str | os.PathLike[str] | None = None
                           ) -> tuple[Dataset, Dataset]:
     """:func:`load_dataset` of ``gt_path`` (its ``split`` when given) and
     :func:`load_predictions` of ``pred_path``
@@ -349,7 +360,7 @@ def load_with_predictions(gt_path: str | os.PathLike[str], pred_path: str | os.P
     ctx = ReadContext(skip_invalid=skip_invalid, check_images=False)
     if format != "coco-results":
         gt = load_dataset(gt_path, gt_format, split=split, check_images=check_images,
-                          skip_invalid=skip_invalid, progress=progress)
+                          image_dir=image_dir, skip_invalid=skip_invalid, progress=progress)
         return gt, _predictions(p, gt, format, ctx)
     from concurrent.futures import ThreadPoolExecutor
 
@@ -363,7 +374,7 @@ def load_with_predictions(gt_path: str | os.PathLike[str], pred_path: str | os.P
     with ThreadPoolExecutor(1) as pool:
         cols = pool.submit(columns)
         gt = load_dataset(gt_path, gt_format, split=split, check_images=check_images,
-                          skip_invalid=skip_invalid, progress=progress)
+                          image_dir=image_dir, skip_invalid=skip_invalid, progress=progress)
         return gt, _predictions(p, gt, format, ctx, cols.result())
 
 

@@ -314,7 +314,9 @@ def _image_row(im: Any, i: int, src: str, root: str, index: FileIndex, ctx: Read
     p = read_join_str(root, im.get("file_name"), f"{src}: {_where('images', i, 'file_name')}")
     if ctx.check_images and not index.exists(p) and not os.path.isfile(p):
         raise DatasetError(f"{src}: {_where('images', i, 'file_name')}: image file {p} "
-                           "not found", hint="pass check_images=False to read annotations only")
+                           "not found", hint="point --image-dir at the folder that holds the "
+                           "images; data stats, eval and convert --images none read the "
+                           "annotations alone")
     id_to_row[img_id] = row
     return img_id, str(p), w, h
 
