@@ -60,7 +60,7 @@ def test_convert_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 def test_convert_unknown_format(voc: Path, tmp_path: Path) -> None:
-    assert main(["data", "convert", str(voc), str(tmp_path / "x"), "--to", "labelme"]) == 2
+    assert main(["data", "convert", str(voc), str(tmp_path / "x"), "--to", "pascal-xml"]) == 2
     assert not (tmp_path / "x").exists()
 
 

@@ -13,9 +13,9 @@ from danlu.data import detect_format, load_dataset, save_dataset
 from danlu.errors import DatasetError
 from danlu.structures import Dataset
 
-FORMATS = ["voc", "coco", "yolo", "dota"]
+FORMATS = ["voc", "coco", "yolo", "dota", "labelme"]
 FLAGS = {"voc": {"difficult", "truncated"}, "coco": {"iscrowd"}, "yolo": set(),
-         "dota": {"difficult"}}
+         "dota": {"difficult"}, "labelme": {"difficult", "truncated", "iscrowd"}}
 
 
 def _by_stem(ds: Dataset) -> dict[str, object]:

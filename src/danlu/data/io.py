@@ -7,6 +7,7 @@ Formats (a small registry, :data:`FORMATS`; :func:`register_format` adds one):
 ``coco``    COCO instances JSON (a ``.json`` file, or a folder with ``annotations.json``)
 ``yolo``    Ultralytics YOLO: ``data.yaml``, ``images/<split>/``, ``labels/<split>/*.txt``
 ``dota``    DOTA v1/v1.5/v2: ``images/``, ``labelTxt/*.txt`` (4-point polygons)
+``labelme`` LabelMe: a folder of one ``<stem>.json`` per image (rectangles, polygons)
 ==========  ==============================================================================
 
 In memory every reader returns a :class:`~danlu.structures.Dataset` with absolute image paths
@@ -100,6 +101,10 @@ register_format(Format("dota", "DOTA labelTxt folder", _has_folder("labelTxt"),
                        _Deferred("dota", "read_dota"), _Deferred("dota", "write_dota")))
 register_format(Format("coco", "COCO instances JSON", coco.is_coco, coco.read_coco,
                        coco.write_coco))
+# before yolo: a LabelMe folder often has images/ or classes.txt, which yolo's test claims
+register_format(Format("labelme", "LabelMe JSON folder", _Deferred("labelme", "is_labelme"),
+                       _Deferred("labelme", "read_labelme"),
+                       _Deferred("labelme", "write_labelme")))
 register_format(Format("yolo", "Ultralytics YOLO folder", _Deferred("yolo", "is_yolo"),
                        _Deferred("yolo", "read_yolo"), _Deferred("yolo", "write_yolo")))
 
