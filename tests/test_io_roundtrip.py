@@ -13,9 +13,10 @@ from danlu.data import detect_format, load_dataset, save_dataset
 from danlu.errors import DatasetError
 from danlu.structures import Dataset
 
-FORMATS = ["voc", "coco", "yolo", "dota", "labelme"]
+FORMATS = ["voc", "coco", "yolo", "dota", "labelme", "cvat"]
 FLAGS = {"voc": {"difficult", "truncated"}, "coco": {"iscrowd"}, "yolo": set(),
-         "dota": {"difficult"}, "labelme": {"difficult", "truncated", "iscrowd"}}
+         "dota": {"difficult"}, "labelme": {"difficult", "truncated", "iscrowd"},
+         "cvat": {"difficult", "truncated", "iscrowd"}}
 
 
 def _by_stem(ds: Dataset) -> dict[str, object]:

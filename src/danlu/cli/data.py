@@ -21,7 +21,7 @@ data_app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_FORMATS = "voc, coco, yolo, dota or labelme"
+_FORMATS = "voc, coco, yolo, dota, labelme or cvat"
 
 
 def _warnings_report(dst: Path, warnings: list[str]) -> Path:

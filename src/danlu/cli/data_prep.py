@@ -18,7 +18,8 @@ from danlu.errors import ConfigError
 
 T = TypeVar("T")
 
-_FORMAT_HELP = "Input format: voc, coco, yolo, dota or labelme (detected when omitted)."
+_FORMAT_HELP = ("Input format: voc, coco, yolo, dota, labelme or cvat (detected when "
+                "omitted).")
 _TO_HELP = "Output format (default: the input's format)."
 _OVERWRITE_HELP = "Replace an existing non-empty output folder."
 

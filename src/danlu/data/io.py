@@ -8,6 +8,7 @@ Formats (a small registry, :data:`FORMATS`; :func:`register_format` adds one):
 ``yolo``    Ultralytics YOLO: ``data.yaml``, ``images/<split>/``, ``labels/<split>/*.txt``
 ``dota``    DOTA v1/v1.5/v2: ``images/``, ``labelTxt/*.txt`` (4-point polygons)
 ``labelme`` LabelMe: a folder of one ``<stem>.json`` per image (rectangles, polygons)
+``cvat``    CVAT for images 1.1: ``annotations.xml`` (boxes, rotated boxes, polygons), ``images/``
 ==========  ==============================================================================
 
 In memory every reader returns a :class:`~danlu.structures.Dataset` with absolute image paths
@@ -101,7 +102,9 @@ register_format(Format("dota", "DOTA labelTxt folder", _has_folder("labelTxt"),
                        _Deferred("dota", "read_dota"), _Deferred("dota", "write_dota")))
 register_format(Format("coco", "COCO instances JSON", coco.is_coco, coco.read_coco,
                        coco.write_coco))
-# before yolo: a LabelMe folder often has images/ or classes.txt, which yolo's test claims
+# before yolo: LabelMe and CVAT folders often have images/ or classes.txt, which yolo claims
+register_format(Format("cvat", "CVAT for images 1.1 XML", _Deferred("cvat", "is_cvat"),
+                       _Deferred("cvat", "read_cvat"), _Deferred("cvat", "write_cvat")))
 register_format(Format("labelme", "LabelMe JSON folder", _Deferred("labelme", "is_labelme"),
                        _Deferred("labelme", "read_labelme"),
                        _Deferred("labelme", "write_labelme")))

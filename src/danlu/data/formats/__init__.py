@@ -1,4 +1,4 @@
-"""Readers and writers of the annotation formats: VOC, COCO, YOLO, DOTA, LabelMe.
+"""Readers and writers of the annotation formats: VOC, COCO, YOLO, DOTA, LabelMe, CVAT.
 
 Each module converts between its format and a :class:`~danlu.structures.Dataset` and keeps
 its own conventions at this edge (VOC's 1-based inclusive pixels, COCO's xywh, YOLO's
@@ -21,6 +21,7 @@ _LAZY = {
     "read_yolo": "yolo", "write_yolo": "yolo",
     "read_dota": "dota", "write_dota": "dota",
     "read_labelme": "labelme", "write_labelme": "labelme",
+    "read_cvat": "cvat", "write_cvat": "cvat",
     "DOTA_V1_CLASSES": "dota", "DOTA_V15_CLASSES": "dota", "DOTA_V2_CLASSES": "dota",
 }
 
@@ -37,5 +38,6 @@ def __dir__() -> list[str]:
 
 
 __all__ = ["read_voc", "write_voc", "read_coco", "write_coco", "read_yolo", "write_yolo",
-           "read_dota", "write_dota", "read_labelme", "write_labelme", "DOTA_V1_CLASSES",
+           "read_dota", "write_dota", "read_labelme", "write_labelme", "read_cvat",
+           "write_cvat", "DOTA_V1_CLASSES",
            "DOTA_V15_CLASSES", "DOTA_V2_CLASSES"]
