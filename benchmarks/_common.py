@@ -178,3 +178,15 @@ def report_metrics(title: str, rows: list[MetricRow], *, as_json: bool = False) 
         cells = [r.method, *values, *deltas, time_s, r.note]
         table.add_row(*(cells if one_case else [r.case, *cells]))
     _console().print(table)
+
+
+def shapes_train_test(settings: dict) -> tuple:
+    """The training and held-out test scenes of the model benchmarks: generated shapes at
+    ``settings["size"]`` px, ``n_train`` (seed 0) and ``n_test`` (seed 1) images."""
+    from danlu.data.synth import synthesize
+
+    size = settings["size"]
+    kw = {"image_size": (size, size), "scale_range": (max(10, size // 8), size // 2),
+          "encode": False}
+    return (synthesize("shapes", num_images=settings["n_train"], seed=0, **kw),
+            synthesize("shapes", num_images=settings["n_test"], seed=1, **kw))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import MetricRow
+from benchmarks._common import MetricRow, shapes_train_test
 
 TITLE = "missing-labels: held-out AP with 30% of the training labels dropped"
 METRICS = True  # rows are MetricRow: `danlu bench` prints them with report_metrics
@@ -40,16 +40,6 @@ def _settings(quick: bool) -> dict:
     if quick:
         return {"n_train": 48, "n_test": 16, "size": 64, "epochs": 8, "batch": 8}
     return {"n_train": 400, "n_test": 100, "size": 128, "epochs": 20, "batch": 16}
-
-
-def _data(s: dict):
-    from danlu.data.synth import synthesize
-
-    scale = (max(10, s["size"] // 8), s["size"] // 2)
-    kw = {"image_size": (s["size"], s["size"]), "scale_range": scale, "encode": False}
-    train = synthesize("shapes", num_images=s["n_train"], seed=0, **kw)
-    test = synthesize("shapes", num_images=s["n_test"], seed=1, **kw)
-    return train, test
 
 
 def _train(ds, out: Path, s: dict, **options) -> tuple[Path, float]:
@@ -105,7 +95,7 @@ def run(quick: bool = False) -> list[MetricRow]:
     from danlu.train.pseudo import pseudo_label
 
     s = _settings(quick)
-    full, test = _data(s)
+    full, test = shapes_train_test(s)
     dropped = drop_labels(full, DROP, seed=0)
     case = (f"{len(full)} train / {len(test)} test images {s['size']}px, fcos-tiny, "
             f"{s['epochs']} epochs")

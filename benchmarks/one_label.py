@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import MetricRow
+from benchmarks._common import MetricRow, shapes_train_test
 
 TITLE = "one-label: one label per box (predict) vs every class above the threshold (eval)"
 METRICS = True  # rows are MetricRow: `danlu bench` prints them with report_metrics
@@ -39,16 +39,6 @@ def _settings(quick: bool) -> dict:
                 "models": (("fcos-tiny", 4),)}
     return {"n_train": 300, "n_test": 100, "size": 128, "batch": 16,
             "models": (("fcos-tiny", 12), ("fcos-tiny", 24), ("retinanet-tiny", 12))}
-
-
-def _data(s: dict):
-    from danlu.data.synth import synthesize
-
-    scale = (max(10, s["size"] // 8), s["size"] // 2)
-    kw = {"image_size": (s["size"], s["size"]), "scale_range": scale, "encode": False}
-    train = synthesize("shapes", num_images=s["n_train"], seed=0, **kw)
-    test = synthesize("shapes", num_images=s["n_test"], seed=1, **kw)
-    return train, test
 
 
 def train_model(ds, name: str, epochs: int, out: Path, s: dict) -> tuple[Path, float]:
@@ -107,7 +97,7 @@ def measure(checkpoint: Path, test, case: str) -> list[MetricRow]:
 def run(quick: bool = False) -> list[MetricRow]:
     """Train each model, then predict the held-out set both ways; see the docstring."""
     s = _settings(quick)
-    train, test = _data(s)
+    train, test = shapes_train_test(s)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, epochs in s["models"]:
