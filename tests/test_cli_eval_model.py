@@ -4,21 +4,18 @@ matched by name."""
 
 from __future__ import annotations
 
+import functools
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests._cli import danlu as run_danlu
 
 from danlu.cli._eval_model import class_mapping
 from danlu.errors import ConfigError
 
-
-def danlu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+danlu = functools.partial(run_danlu, timeout=900)  # trains or runs many commands
 
 
 @pytest.fixture(scope="module")

@@ -8,11 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-
-def danlu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
+from tests._cli import danlu
 
 
 @pytest.fixture(scope="module")

@@ -4,21 +4,17 @@ example runnable, in order, against what ``danlu data synth`` writes."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import typer.main
+from tests._cli import danlu as run_danlu
 
 from danlu.cli.main import app, reflow_help, register_commands
 
-
-def danlu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=900)
+danlu = functools.partial(run_danlu, timeout=900)  # trains or runs many commands
 
 
 def _commands() -> dict[str, object]:

@@ -4,17 +4,10 @@ prints what the read noticed (YOLO images without label files) — not only ``da
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from tests._cli import danlu
 from tests.test_layouts import coco2017, image, label, text
-
-
-def danlu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.parametrize("command", [

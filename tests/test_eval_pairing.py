@@ -4,13 +4,12 @@ whatever the order of the file, classes map by name where the file has names."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
+from tests._cli import danlu
 
 from danlu.data.formats._common import ReadContext
 from danlu.data.formats.pairing import describe_pairing, pair_images
@@ -19,11 +18,6 @@ from danlu.data.synth import synthesize
 from danlu.errors import DatasetError
 from danlu.evaluate import evaluate
 from danlu.structures import Dataset, Detections, Sample
-
-
-def danlu(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -6,19 +6,13 @@ and the error where pixels are needed names what a command can do (not a library
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from tests._cli import danlu
 
 from danlu.data.images_elsewhere import missing_images, relocate_images
 from danlu.structures import Dataset, Sample
-
-
-def danlu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

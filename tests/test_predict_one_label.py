@@ -8,8 +8,6 @@ drawn on top with a readable caption; ``danlu predict`` without ``--out`` writes
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from shapely.geometry import Polygon
+from tests._cli import danlu
 
 from _data_fixtures import train_tiny_checkpoint
 from danlu.data.show import class_colour, draw_detections
@@ -255,9 +254,6 @@ def test_captions_stay_inside_the_image():
 
 
 # -- danlu predict ---------------------------------------------------------------------------------
-def danlu(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

@@ -6,12 +6,11 @@ of how many, and its legend names only the classes it drew."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tests._cli import danlu
 
 from danlu.data.io import load_dataset, save_predictions
 from danlu.evaluate.page import area_range_text, param_text, short_number
@@ -21,9 +20,6 @@ from danlu.structures import Dataset, Detections, Sample
 NOISE = re.compile(r"\d\.\d*(?:99999|00000)\d*|\d{8,}(?:\.0)?|\de\+?10\b")
 
 
-def danlu(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "danlu", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=600)
 
 
 def visible(html: str) -> str:
