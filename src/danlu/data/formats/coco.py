@@ -16,8 +16,10 @@ Conventions: COCO boxes are ``[x, y, width, height]`` in continuous pixels; danl
 sees in the same file. Category ids may be any integers: labels index the categories sorted
 by id, and ``Dataset.meta["coco_category_ids"]`` keeps the ids (label i has id
 ``coco_category_ids[i]``); the writer writes them back. Image ids are kept as ``Sample.id``.
-``iscrowd`` is the flag ``iscrowd``; ``area`` is kept in ``Detections.extra["area"]``
-(float64) and written back (else the box area is written). Segmentation masks are not kept.
+``iscrowd`` is the flag ``iscrowd``; each true/false entry of an annotation's ``attributes``
+object (CVAT's COCO export; danlu writes ``difficult`` there) is a flag of its name. ``area``
+is kept in ``Detections.extra["area"]`` (float64) and written back (else the box area is
+written). Segmentation masks are not kept.
 
 A results file is a JSON list of ``{"image_id", "category_id", "bbox", "score"}``.
 
@@ -34,6 +36,7 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from numbers import Real
 from operator import itemgetter, methodcaller
 from pathlib import Path
@@ -47,10 +50,18 @@ from danlu.data.formats._common import (
     FileIndex,
     ReadContext,
     box_problems,
-    image_names,
     make_detections,
-    place_image,
     read_join_str,
+)
+
+# the writers live in coco_write; they are part of this module's interface
+from danlu.data.formats.coco_write import (
+    category_ids,
+    coco_json_bytes,
+    image_ids,
+    to_coco_dict,
+    to_results_list,
+    write_coco,
 )
 from danlu.errors import DatasetError
 from danlu.structures import Dataset, Sample
@@ -235,9 +246,12 @@ def read_coco(path: Path, ctx: ReadContext, *, image_root: Path | None = None) -
         if len(bad) or negative.any():
             ok = False
     if not ok:
-        row_of, labels, bbox, crowd, area = _slow_annotations(
+        row_of, labels, bbox, crowd, area, kept_anns = _slow_annotations(
             anns, src, id_to_row, cat_to_label, wh_rows, ctx)
         xyxy = np.concatenate([bbox[:, :2], bbox[:, :2] + bbox[:, 2:]], axis=1)
+    if ok:
+        kept_anns = range(n)
+    attributes = _attribute_flags(anns, kept_anns, ctx)
     kept = {f"coco_{key}": doc[key] for key in ("info", "licenses") if key in doc}
     del doc, images, anns  # the parsed JSON, before the samples take its memory's place
     crowd_b = crowd.astype(bool)
@@ -250,11 +264,13 @@ def read_coco(path: Path, ctx: ReadContext, *, image_root: Path | None = None) -
     xyxy_o = np.ascontiguousarray(xyxy[order], np.float32)
     labels_o = np.ascontiguousarray(labels[order], np.int64)
     crowd_o = np.ascontiguousarray(crowd_b[order])
+    attributes = {k: np.ascontiguousarray(v[order]) for k, v in attributes.items()}
     area_o = np.ascontiguousarray(area[order], np.float64)
     bbox_o = np.ascontiguousarray(bbox[order], np.float64)
     samples = [
         Sample(p, w, h, make_detections(xyxy_o[a:b], labels_o[a:b],
-                                        flags={"iscrowd": crowd_o[a:b]},
+                                        flags={"iscrowd": crowd_o[a:b],
+                                               **{k: v[a:b] for k, v in attributes.items()}},
                                         extra={"area": area_o[a:b], "coco_bbox": bbox_o[a:b]}),
                id=img_id)
         for (img_id, p, w, h), a, b in zip(rows, starts[:-1], starts[1:], strict=True)
@@ -323,7 +339,7 @@ def _image_row(im: Any, i: int, src: str, root: str, index: FileIndex, ctx: Read
 
 def _slow_annotations(anns: list, src: str, id_to_row: dict, cat_to_label: dict,
                       wh_rows: np.ndarray, ctx: ReadContext):  # noqa: ANN202
-    rows, labels, boxes, crowd, area = [], [], [], [], []
+    rows, labels, boxes, crowd, area, kept = [], [], [], [], [], []
     for i, a in enumerate(anns):
         loc = f"{src}: {_where('annotations', i)}"
         if not isinstance(a, dict):
@@ -359,134 +375,43 @@ def _slow_annotations(anns: list, src: str, id_to_row: dict, cat_to_label: dict,
             ctx.fail(f"{loc}.area: expected a number, got {ar!r}")
             continue
         rows.append(r)
+        kept.append(i)
         labels.append(cat_to_label[a["category_id"]])
         boxes.append([x, y, w, h])
         crowd.append(int(c))
         area.append(w * h if ar is None else float(ar))
     return (np.asarray(rows, np.int64), np.asarray(labels, np.int64),
             np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(crowd, np.int64),
-            np.asarray(area, np.float64))
+            np.asarray(area, np.float64), kept)
+
+
+def _attribute_flags(anns: list, kept: Sequence[int], ctx: ReadContext) -> dict[str, np.ndarray]:
+    """The true/false entries of the annotations' ``attributes`` objects (CVAT's COCO export,
+    danlu's writer) as per-box flags, False where an annotation lacks one; other attribute
+    values are not kept and are counted in a notice."""
+    if not any(isinstance(a, dict) and "attributes" in a for a in anns):
+        return {}
+    flags: dict[str, np.ndarray] = {}
+    other: dict[str, int] = {}
+    for j, i in enumerate(kept):
+        attrs = anns[i].get("attributes")
+        if not isinstance(attrs, dict):
+            continue
+        for k, v in attrs.items():
+            if isinstance(v, bool) and k != "iscrowd":
+                if k not in flags:
+                    flags[k] = np.zeros(len(kept), bool)
+                flags[k][j] = v
+            else:
+                other[k] = other.get(k, 0) + 1
+    if other:
+        said = ", ".join(f"{k!r} on {c}" for k, c in sorted(other.items()))
+        ctx.notices.append(f"annotation attributes that are not true/false are not kept: {said}")
+    return flags
 
 
 def _hashable(v: Any) -> bool:
     return isinstance(v, (int, str, float)) and not isinstance(v, bool)
-
-
-# -- writing ------------------------------------------------------------------------------
-def category_ids(ds: Dataset) -> list[int]:
-    """The COCO category id of each class: ``meta["coco_category_ids"]`` when it fits,
-    else 1..K."""
-    ids = ds.meta.get("coco_category_ids")
-    if (isinstance(ids, list) and len(ids) == len(ds.class_names)
-            and all(isinstance(i, int) for i in ids) and len(set(ids)) == len(ids)):
-        return list(ids)
-    return list(range(1, len(ds.class_names) + 1))
-
-
-def image_ids(ds: Dataset) -> list[int]:
-    """Integer image ids: the samples' ids when they are unique integers (or digit strings),
-    else 1..N."""
-    ids = []
-    for s in ds.samples:
-        i = s.id
-        if isinstance(i, str) and i.isdigit() and len(i) < 19:
-            i = int(i)
-        if not isinstance(i, int) or isinstance(i, bool):
-            return list(range(1, len(ds) + 1))
-        ids.append(i)
-    return ids if len(set(ids)) == len(ids) else list(range(1, len(ds) + 1))
-
-
-def to_coco_dict(ds: Dataset, file_names: list[str]) -> dict[str, Any]:
-    """The COCO instances document of ``ds`` (file names given per sample)."""
-    cids = category_ids(ds)
-    iids = image_ids(ds)
-    images = [{"id": iid, "file_name": fn, "width": int(s.width), "height": int(s.height)}
-              for iid, fn, s in zip(iids, file_names, ds.samples, strict=True)]
-    anns = []
-    cid_arr = np.asarray(cids, np.int64)
-    next_id = 1
-    for iid, s in zip(iids, ds.samples, strict=True):
-        d = s.detections
-        if not len(d):
-            continue
-        xy = d.xyxy.astype(np.float64)
-        wh = xy[:, 2:] - xy[:, :2]
-        bbox = np.round(np.concatenate([xy[:, :2], wh], axis=1), 4).tolist()
-        area = (np.round(d.extra["area"].astype(np.float64), 4).tolist() if "area" in d.extra
-                else np.round(wh[:, 0] * wh[:, 1], 4).tolist())
-        crowd = d.flag("iscrowd").astype(int).tolist()
-        cats = cid_arr[d.labels].tolist()
-        scores = d.scores.tolist() if d.scores is not None else None
-        for k in range(len(d)):
-            a = {"id": next_id, "image_id": iid, "category_id": cats[k], "bbox": bbox[k],
-                 "area": area[k], "iscrowd": crowd[k]}
-            if scores is not None:
-                a["score"] = scores[k]
-            anns.append(a)
-            next_id += 1
-    doc: dict[str, Any] = {}
-    if "coco_info" in ds.meta:
-        doc["info"] = ds.meta["coco_info"]
-    if "coco_licenses" in ds.meta:
-        doc["licenses"] = ds.meta["coco_licenses"]
-    doc["images"] = images
-    doc["annotations"] = anns
-    doc["categories"] = [{"id": c, "name": n, "supercategory": ""}
-                         for c, n in zip(cids, ds.class_names, strict=True)]
-    return doc
-
-
-def write_coco(ds: Dataset, root: Path, *, images: str = "copy",
-               progress=None) -> None:  # noqa: ANN001 - a progress wrapper
-    """Write ``ds`` as ``root/annotations.json`` and ``root/images/`` (made atomic by the
-    caller)."""
-    root = Path(root)
-    names = image_names(ds)
-    (root / "images").mkdir(parents=True, exist_ok=True)
-    items = list(zip(ds.samples, names, strict=True))
-    if progress is not None:
-        items = progress(items, "writing COCO", len(items))
-    for sample, name in items:
-        place_image(sample, root / "images" / name, images)
-    (root / "annotations.json").write_bytes(orjson.dumps(to_coco_dict(ds, names)))
-
-
-def coco_json_bytes(ds: Dataset, json_path: Path) -> bytes:
-    """The instances JSON for writing at ``json_path`` alone: file names relative to its
-    folder when the images lie under it, else their base names."""
-    base = json_path.parent.resolve()
-    names = []
-    fallback = image_names(ds)
-    for s, fb in zip(ds.samples, fallback, strict=True):
-        p = s.path
-        try:
-            names.append(p.resolve().relative_to(base).as_posix() if p is not None else fb)
-        except ValueError:
-            names.append(fb)
-    return orjson.dumps(to_coco_dict(ds, names))
-
-
-def to_results_list(preds: Dataset) -> list[dict[str, Any]]:
-    """COCO results: one ``{image_id, category_id, bbox, score}`` per box (score 1.0 when
-    a sample has none). Images without COCO (integer) ids also get their ``file_name``, so
-    that the results pair with their images by name, never by position."""
-    cids = np.asarray(category_ids(preds), np.int64)
-    named = not all(isinstance(s.id, (int, np.integer)) for s in preds.samples) and all(
-        isinstance(s.image, (str, os.PathLike)) for s in preds.samples)
-    out = []
-    for iid, s in zip(image_ids(preds), preds.samples, strict=True):
-        d = s.detections
-        if not len(d):
-            continue
-        extra = {"file_name": os.path.basename(os.fspath(s.image))} if named else {}
-        xy = d.xyxy.astype(np.float64)
-        bbox = np.round(np.concatenate([xy[:, :2], xy[:, 2:] - xy[:, :2]], 1), 4).tolist()
-        scores = d.scores.tolist() if d.scores is not None else [1.0] * len(d)
-        cats = cids[d.labels].tolist()
-        out.extend({"image_id": iid, "category_id": c, "bbox": b, "score": sc, **extra}
-                   for c, b, sc in zip(cats, bbox, scores, strict=True))
-    return out
 
 
 __all__ = ["read_coco", "write_coco", "is_coco", "to_coco_dict", "coco_json_bytes",
