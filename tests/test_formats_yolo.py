@@ -72,7 +72,8 @@ def test_no_yaml_with_classes_txt(tmp_path: Path) -> None:
 def test_class_index_out_of_range(tmp_path: Path) -> None:
     root = make_yolo(tmp_path / "y", "train: images\nnames: [a]\n",
                      {"a.png": ((10, 10), "0 0.5 0.5 0.2 0.2\n3 0.5 0.5 0.2 0.2\n")})
-    with pytest.raises(DatasetError, match=r"a\.txt: line 2: class index outside 0\.\.0"):
+    with pytest.raises(DatasetError,
+                       match=r"a\.txt: line 2: class index 3 outside 0\.\.0 \(known: a\)"):
         load_dataset(root)
     ds = load_dataset(root, skip_invalid=True)
     assert len(ds[0].detections) == 1 and len(ds.meta["warnings"]) == 1

@@ -276,14 +276,12 @@ def assemble(raws: list[RawImage], class_names: list[str] | None, ctx: ReadConte
             k = int(labels.max()) + 1 if n else 0
             class_names = [str(i) for i in range(k)]
         unknown = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
-        unknown_msg = f"class index outside 0..{len(class_names) - 1}"
     else:
         if class_names is None:
             class_names = sorted(set(all_names))
         index = {nm: i for i, nm in enumerate(class_names)}
         labels = np.fromiter(map(index.get, all_names, itertools.repeat(-1)), np.int64, n)
         unknown = np.flatnonzero(labels < 0)
-        unknown_msg = "unknown class name"
     if flat is not None:
         xyxy = np.asarray(flat["xyxy"], np.float64).reshape(-1, 4)
     elif not n:
@@ -298,11 +296,12 @@ def assemble(raws: list[RawImage], class_names: list[str] | None, ctx: ReadConte
                 else np.asarray(flat["keep"], bool).copy())
     bad, reason = box_problems(xyxy, wh, tol)
     problems = {int(i): REASONS[c] for i, c in zip(bad, reason, strict=True) if keep_box[i]}
+    known = f"{', '.join(class_names[:20])}{' ...' if len(class_names) > 20 else ''}"
     for i in unknown:
         if keep_box[i]:
-            problems.setdefault(int(i), f"{unknown_msg} {all_names[i]!r} "
-                                        f"(known: {', '.join(class_names[:20])}"
-                                        f"{' ...' if len(class_names) > 20 else ''})")
+            what = (f"class index {all_names[i]} outside 0..{len(class_names) - 1}"
+                    if names_are_indices else f"unknown class name {all_names[i]!r}")
+            problems.setdefault(int(i), f"{what} (known: {known})")
     starts = np.concatenate([[0], np.cumsum(counts)]).tolist()
     if problems:
         for i in sorted(problems):
