@@ -140,6 +140,9 @@ def test_average_precision_known_values() -> None:
     assert average_precision(np.array([1.0]), np.array([1.0])) == 1.0
     assert average_precision(np.array([]), np.array([])) == 0.0
     assert average_precision(np.array([]), np.array([]), eleven_point=True) == 0.0
+    # a perfect curve is exactly 1 (the devkit's running sum of p / 11 gives 1 + 2.2e-16)
+    assert average_precision(np.array([1.0]), np.array([1.0]), eleven_point=True) == 1.0
+    assert devkit_ap(np.array([1.0]), np.array([1.0]), True) == 1.0000000000000002
     rec, prec = np.array([0.25, 0.5, 0.5, 0.75]), np.array([1.0, 1.0, 2 / 3, 0.75])
     assert average_precision(rec, prec) == pytest.approx(0.5 + 0.25 * 0.75)
 

@@ -38,6 +38,7 @@ checks that every AP agrees.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -98,12 +99,13 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *,
         # Largest precision at or after each point; recall is sorted, so the first point with
         # recall >= t starts the set the devkit takes the max over.
         suffix = np.maximum.accumulate(precision[::-1])[::-1] if len(precision) else precision
-        ap = 0.0
+        points = []
         for t in np.arange(0.0, 1.1, 0.1):
             i = int(np.searchsorted(recall, t, side="left"))
-            p = suffix[i] if i < len(recall) else 0.0
-            ap = ap + p / 11.0
-        return float(ap)
+            points.append(float(suffix[i]) if i < len(recall) else 0.0)
+        # the correctly rounded mean: the devkits' running ``ap += p / 11`` gives
+        # 1.0000000000000002 for a perfect curve (within 1e-15 of this everywhere else)
+        return math.fsum(points) / 11.0
     mrec = np.concatenate(([0.0], recall, [1.0]))
     mpre = np.concatenate(([0.0], precision, [0.0]))
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
