@@ -151,6 +151,7 @@ VALID = {
     "coco": (CORPUS / "coco_outside.json").read_bytes().replace(b"[25, 1, 50, 5]",
                                                                  b"[2, 1, 5, 5]"),
     "yolo": b"0 0.5 0.5 0.2 0.2\n1 0.25 0.5 0.1 0.3\n",
+    "yolo-obb": b"0 0.1 0.1 0.5 0.2 0.4 0.6 0.05 0.5\n1 0.2 0.2 0.3 0.2 0.3 0.3 0.2 0.3\n",
     "dota": b"imagesource:x\ngsd:0.5\n10 10 30 12 28 30 8 28 plane 0\n1 1 5 1 5 5 1 5 car\n",
 }
 YAML = b"train: images\nnames: [a, b]\n"
@@ -184,8 +185,8 @@ OPS = st.lists(st.tuples(st.integers(0, 2), st.integers(0, 10**6),
 def _read(fmt: str, data: bytes, yaml: bytes = YAML) -> None:
     tmp = Path(tempfile.mkdtemp())
     try:
-        root = BUILD[fmt](tmp / "ds", data) if fmt != "yolo" else yolo_root(tmp / "ds", data,
-                                                                             yaml)
+        root = (BUILD[fmt](tmp / "ds", data) if not fmt.startswith("yolo")
+                else yolo_root(tmp / "ds", data, yaml))
         for skip in (False, True):
             try:
                 ds = FORMATS[fmt].read(root, ReadContext(skip_invalid=skip))
@@ -200,14 +201,14 @@ FUZZ = settings(max_examples=120, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow])
 
 
-@pytest.mark.parametrize("fmt", ["voc", "coco", "yolo", "dota"])
+@pytest.mark.parametrize("fmt", ["voc", "coco", "yolo", "yolo-obb", "dota"])
 @FUZZ
 @given(ops=OPS)
 def test_fuzz_mutations(fmt: str, ops: list) -> None:
     _read(fmt, _mutate(VALID[fmt], ops))
 
 
-@pytest.mark.parametrize("fmt", ["voc", "coco", "yolo", "dota"])
+@pytest.mark.parametrize("fmt", ["voc", "coco", "yolo", "yolo-obb", "dota"])
 @FUZZ
 @given(data=st.binary(max_size=200))
 def test_fuzz_random_bytes(fmt: str, data: bytes) -> None:

@@ -108,6 +108,9 @@ register_format(Format("cvat", "CVAT for images 1.1 XML", _Deferred("cvat", "is_
 register_format(Format("labelme", "LabelMe JSON folder", _Deferred("labelme", "is_labelme"),
                        _Deferred("labelme", "read_labelme"),
                        _Deferred("labelme", "write_labelme")))
+register_format(Format("yolo-obb", "Ultralytics YOLO OBB folder (oriented boxes)",
+                       _Deferred("yolo", "is_yolo_obb"), _Deferred("yolo", "read_yolo"),
+                       _Deferred("yolo", "write_yolo_obb")))
 register_format(Format("yolo", "Ultralytics YOLO folder", _Deferred("yolo", "is_yolo"),
                        _Deferred("yolo", "read_yolo"), _Deferred("yolo", "write_yolo")))
 

@@ -5,17 +5,22 @@ Layout::
     ROOT/data.yaml          names: [cat, dog] (or {0: cat, 1: dog}); train: images/train ...
     ROOT/images/<split>/<stem>.<ext>
     ROOT/labels/<split>/<stem>.txt      one box per line: ``cls cx cy w h [score]``
+                                        or, oriented: ``cls x1 y1 x2 y2 x3 y3 x4 y4 [score]``
 
 Conventions: ``cx cy w h`` are the box center and size divided by the image width and height
 (normalized to 0..1); ``cls`` is the 0-based label. An optional 6th column is a confidence
-score (predictions). An image without a label file has no boxes (a notice counts them; none
-at all is an error). Image sizes are read from the image headers (:mod:`danlu.data.imagesize`).
-The label file of an image is found as in Ultralytics: the last ``images`` folder of its path
-replaced by ``labels``, suffix ``.txt``; else with the other name of the validation split
-(``val`` / ``valid``), else beside the image. Roboflow exports (``train/images``,
-``train/labels``, ``valid/``), CVAT / darknet exports (``obj.data``, ``obj.names``,
-``train.txt``, ``obj_train_data/``) and LabelImg folders (``classes.txt``, labels beside the
-images) are read too: :mod:`danlu.data.formats._yolo_layout` lists the layouts.
+score (predictions). Lines of 9 values are Ultralytics OBB oriented boxes: the 4 corners, each
+divided by the image size, read into ``Detections.polygons`` (``xyxy`` the enclosing box, which
+may stick out of the image as in DOTA); once one file has them every sample has polygons, and
+the dataset's format is ``yolo-obb``. An image without a label file has no boxes (a notice
+counts them; none at all is an error). Image sizes are read from the image headers
+(:mod:`danlu.data.imagesize`). The label file of an image is found as in Ultralytics: the last
+``images`` folder of its path replaced by ``labels``, suffix ``.txt``; else with the other name
+of the validation split (``val`` / ``valid``), else beside the image. Roboflow exports
+(``train/images``, ``train/labels``, ``valid/``), CVAT / darknet exports (``obj.data``,
+``obj.names``, ``train.txt``, ``obj_train_data/``) and LabelImg folders (``classes.txt``,
+labels beside the images) are read too: :mod:`danlu.data.formats._yolo_layout` lists the
+layouts.
 
 ``data.yaml`` keys: ``path`` (the dataset root, relative to the YAML file; default its
 folder), ``train`` / ``val`` / ``test`` (a folder of images or a ``.txt`` list of image paths,
@@ -37,6 +42,7 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 from typing import Any
@@ -69,6 +75,10 @@ def is_yolo(path: Path) -> bool:
     return find_yaml(path) is not None or is_yolo_folder(path)
 
 
+# values per line: a box (5), a box and a score (6), an oriented box (9), and a score (10)
+_NCOLS = (5, 6, 9, 10)
+
+
 def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage, *,
                   num_classes: int | None = None) -> None:
     """Fill ``raw`` from a label file's bytes (errors raise DatasetError naming the file and
@@ -80,7 +90,7 @@ def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage, *,
     ncol = len(tokens) // len(rows) if rows else 5
     if not rows:
         arr = np.zeros((0, 5))
-    elif ncol in (5, 6) and len(tokens) == ncol * len(rows) and len(rows) == len(lines) and all(
+    elif ncol in _NCOLS and len(tokens) == ncol * len(rows) and len(rows) == len(lines) and all(
             len(r.split()) == ncol for r in rows[:1]):
         try:
             arr = np.array(list(map(float, tokens)), np.float64).reshape(len(rows), ncol)
@@ -102,6 +112,17 @@ def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage, *,
             k = int(out[0])
             raise DatasetError(f"{path}: {_line_of(raw, k)}: class index {int(cls[k])} outside "
                                f"0..{num_classes - 1}")
+    if w <= 0 or h <= 0:
+        raise DatasetError(f"{path}: the image has no size ({w} x {h}), so its normalized boxes "
+                           "cannot be placed")
+    raw.names = cls.astype(np.int64)
+    if ncol in (9, 10):  # Ultralytics OBB: cls x1 y1 x2 y2 x3 y3 x4 y4 [score]
+        quad = arr[:, 1:9].reshape(-1, 4, 2) * np.array([w, h], np.float64)
+        raw.polygons = quad
+        raw.boxes = np.concatenate([quad.min(axis=1), quad.max(axis=1)], axis=1)
+        if ncol == 10:
+            raw.scores = arr[:, 9].astype(np.float32)
+        return
     neg = np.flatnonzero((arr[:, 3] < 0) | (arr[:, 4] < 0))
     if len(neg):
         k = int(neg[0])
@@ -109,11 +130,7 @@ def _parse_labels(path: Path, data: bytes, w: int, h: int, raw: RawImage, *,
                            f"({arr[k, 3]:g}, {arr[k, 4]:g})")
     from danlu.boxes.convert import from_yolo
 
-    if w <= 0 or h <= 0:
-        raise DatasetError(f"{path}: the image has no size ({w} x {h}), so its normalized boxes "
-                           "cannot be placed")
     raw.boxes = from_yolo(arr[:, 1:5], w, h)
-    raw.names = cls.astype(np.int64)
     if ncol == 6:
         raw.scores = arr[:, 5].astype(np.float32)
 
@@ -129,9 +146,10 @@ def _slow_rows(path: Path, lines: list[bytes], raw: RawImage) -> np.ndarray:
         parts = ln.split()
         if not parts:
             continue
-        if len(parts) not in (5, 6):
-            raise DatasetError(f"{path}: line {i}: expected 5 values 'class cx cy w h' (or a "
-                               f"6th, the score), got {len(parts)}")
+        if len(parts) not in _NCOLS:
+            raise DatasetError(f"{path}: line {i}: expected 5 values 'class cx cy w h' or 9 "
+                               "'class x1 y1 ... x4 y4' (oriented, Ultralytics OBB), and "
+                               f"optionally a score after them; got {len(parts)}")
         if ncol is not None and len(parts) != ncol:
             raise DatasetError(f"{path}: line {i}: {len(parts)} values where earlier lines "
                                f"have {ncol}")
@@ -201,37 +219,53 @@ def read_yolo(path: Path, ctx: ReadContext) -> Dataset:
     else:
         for r in raws:
             r.scores = None
-    samples, class_names = assemble(raws, names, ctx, tol=1.0, names_are_indices=True)
-    return Dataset(samples, class_names, {"format": "yolo"})
+    oriented = any(r.polygons is not None for r in raws)
+    if oriented:  # every sample has polygons once one file is oriented (a box: its corners)
+        from danlu.boxes.convert import xyxy_to_polygon
+
+        for r in raws:
+            if r.polygons is None:
+                r.polygons = xyxy_to_polygon(np.asarray(r.boxes, np.float64).reshape(-1, 4))
+    # an oriented box may stick out of its image, as in DOTA
+    samples, class_names = assemble(raws, names, ctx, tol=float("inf") if oriented else 1.0,
+                                    names_are_indices=True)
+    return Dataset(samples, class_names, {"format": "yolo-obb" if oriented else "yolo"})
 
 
-def _label_text(sample: Sample) -> str:
+def _label_text(sample: Sample, oriented: bool = False) -> str:
+    """One line per box, 6 decimals: ``cls cx cy w h`` or, ``oriented``, ``cls x1 y1 .. x4 y4``
+    (the polygon's corners, or an axis-aligned box's from its top left, clockwise), then the
+    score when the sample has scores."""
     d = sample.detections
     if not len(d):
         return ""
     w, h = float(sample.width), float(sample.height)
-    from danlu.boxes.convert import to_yolo
+    from danlu.boxes.convert import to_yolo, xyxy_to_polygon
 
     if w <= 0 or h <= 0:
         raise DatasetError(f"{sample.image}: YOLO labels need the image size, got {w:g} x {h:g}",
                            hint="read the dataset with its images so their sizes are known")
-    cx, cy, bw, bh = to_yolo(d.xyxy.astype(np.float64), w, h).T.tolist()
+    if oriented:
+        quad = (d.polygons.astype(np.float64).reshape(-1, 4, 2) if d.polygons is not None
+                else xyxy_to_polygon(d.xyxy.astype(np.float64)))
+        cols = (quad / np.array([w, h])).reshape(-1, 8)
+    else:
+        cols = to_yolo(d.xyxy.astype(np.float64), w, h)
+    if d.scores is not None:
+        cols = np.concatenate([cols, d.scores.astype(np.float64)[:, None]], axis=1)
     labels = d.labels.tolist()
-    if d.scores is None:
-        return "".join(f"{labels[i]} {cx[i]:.6f} {cy[i]:.6f} {bw[i]:.6f} {bh[i]:.6f}\n"
-                       for i in range(len(d)))
-    sc = d.scores.tolist()
-    return "".join(f"{labels[i]} {cx[i]:.6f} {cy[i]:.6f} {bw[i]:.6f} {bh[i]:.6f} {sc[i]:.6f}\n"
-                   for i in range(len(d)))
+    return "".join(f"{labels[i]} " + " ".join(f"{v:.6f}" for v in row) + "\n"
+                   for i, row in enumerate(cols.tolist()))
 
 
-def write_yolo(ds: Dataset, root: Path, *, images: str = "copy",
-               progress=None) -> None:  # noqa: ANN001 - a progress wrapper
+def write_yolo(ds: Dataset, root: Path, *, images: str = "copy", progress=None,  # noqa: ANN001
+               oriented: bool = False) -> None:
     """Write ``ds`` as a YOLO folder at ``root`` (made atomic by the caller).
 
     Samples go to the split in their ``meta["split"]`` (default ``train``). ``data.yaml``
     lists every split written; ``val`` falls back to ``train`` when there is none, as
-    Ultralytics needs one.
+    Ultralytics needs one. ``oriented`` writes Ultralytics OBB lines (polygons kept);
+    otherwise a polygon is written as its axis-aligned enclosing box.
     """
     root = Path(root)
     names = image_names(ds)
@@ -249,7 +283,7 @@ def write_yolo(ds: Dataset, root: Path, *, images: str = "copy",
             (root / "labels" / split).mkdir(parents=True, exist_ok=True)
         place_image(sample, root / "images" / split / name, images)
         stem = os.path.splitext(name)[0]
-        (root / "labels" / split / f"{stem}.txt").write_text(_label_text(sample),
+        (root / "labels" / split / f"{stem}.txt").write_text(_label_text(sample, oriented),
                                                              encoding="utf-8")
     if not splits:
         splits = ["train"]
@@ -268,4 +302,32 @@ def write_yolo(ds: Dataset, root: Path, *, images: str = "copy",
                                     encoding="utf-8")
 
 
-__all__ = ["read_yolo", "write_yolo", "is_yolo", "find_yaml"]
+def write_yolo_obb(ds: Dataset, root: Path, *, images: str = "copy",
+                   progress=None) -> None:  # noqa: ANN001 - a progress wrapper
+    """:func:`write_yolo` with Ultralytics OBB labels: ``cls x1 y1 x2 y2 x3 y3 x4 y4``."""
+    write_yolo(ds, root, images=images, progress=progress, oriented=True)
+
+
+def is_yolo_obb(path: Path, probe: int = 20) -> bool:
+    """True for a YOLO dataset (:func:`is_yolo`) whose first label line (among the first
+    ``probe`` label files found under it) has 9 or 10 values: Ultralytics OBB."""
+    if not is_yolo(path):
+        return False
+    folder = path.parent if path.is_file() else path
+    labels = (t for t in folder.rglob("*.txt") if t.name not in _NOT_LABELS)
+    for txt in itertools.islice(labels, probe):
+        try:
+            with open(txt, "rb") as f:
+                first = next((ln for ln in f if ln.strip()), b"")
+        except OSError:
+            continue
+        if first:
+            return len(first.split()) in (9, 10)
+    return False
+
+
+# text files of the YOLO layouts that are not label files
+_NOT_LABELS = frozenset({"classes.txt", "obj.names", "train.txt", "val.txt", "valid.txt",
+                         "test.txt", "labels.txt", "README.txt", "README.roboflow.txt"})
+
+__all__ = ["read_yolo", "write_yolo", "write_yolo_obb", "is_yolo", "is_yolo_obb", "find_yaml"]
