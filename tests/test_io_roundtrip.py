@@ -13,8 +13,9 @@ from danlu.data import detect_format, load_dataset, save_dataset
 from danlu.errors import DatasetError
 from danlu.structures import Dataset
 
-FORMATS = ["voc", "coco", "yolo", "dota", "labelme", "cvat"]
-FLAGS = {"voc": {"difficult", "truncated"}, "coco": {"iscrowd"}, "yolo": set(),
+FORMATS = ["voc", "coco", "yolo", "yolo-obb", "dota", "labelme", "cvat"]
+FLAGS = {"voc": {"difficult", "truncated"}, "coco": {"difficult", "truncated", "iscrowd"},
+         "yolo": set(), "yolo-obb": set(),
          "dota": {"difficult"}, "labelme": {"difficult", "truncated", "iscrowd"},
          "cvat": {"difficult", "truncated", "iscrowd"}}
 

@@ -204,6 +204,15 @@ def print_notices(ds: Any) -> None:
         print(f"note: {note}", file=sys.stderr)
 
 
+def print_losses(ds: Any, to: str) -> None:
+    """Print :func:`danlu.data.formats.losses.conversion_losses` of writing ``ds`` as ``to``,
+    one ``warning:`` line each, on stderr (even with --quiet: the output lacks something)."""
+    from danlu.data.formats.losses import conversion_losses
+
+    for line in conversion_losses(ds, to):
+        print(f"warning: {line}", file=sys.stderr)
+
+
 def renamed_option(value: Any, old_value: Any, old: str, new: str) -> Any:
     """The value of an option given under its old name ``old`` (kept hidden so that scripts
     keep working) or its name ``new``, with a note on stderr; both, differing, is an error."""

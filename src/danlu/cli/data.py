@@ -11,7 +11,15 @@ from pathlib import Path
 
 import typer
 
-from danlu.cli._common import IMAGE_DIR_HELP, console, info, print_json, print_notices, track
+from danlu.cli._common import (
+    IMAGE_DIR_HELP,
+    console,
+    info,
+    print_json,
+    print_losses,
+    print_notices,
+    track,
+)
 
 data_app = typer.Typer(
     name="data",
@@ -52,10 +60,12 @@ def register_convert(app: typer.Typer) -> None:
         image_dir: Path = typer.Option(None, "--image-dir", help=IMAGE_DIR_HELP),
         overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty DST."),
     ) -> None:
-        """Convert a dataset between VOC, COCO, YOLO and DOTA.
+        """Convert a dataset between VOC, COCO, YOLO, YOLO OBB, DOTA, LabelMe and CVAT.
 
-        Boxes, class names and the flags both formats hold survive the round trip. Nothing is
-        half-written: DST appears complete or not at all. With --skip-invalid, the skipped
+        Boxes, class names and the flags both formats hold survive the round trip; what the
+        output format cannot hold (a flag, scores, orientation, spaces in class names) is
+        named in a warning with its count. Nothing is half-written: DST appears complete or
+        not at all. With --skip-invalid, the skipped
         items are listed in DST/danlu-warnings.txt.
 
         Example: danlu data convert shapes shapes-coco --to coco --images symlink
@@ -69,6 +79,7 @@ def register_convert(app: typer.Typer) -> None:
                           image_dir=image_dir, progress=track)
         print_notices(ds)
         warnings = ds.meta.get("warnings", [])
+        print_losses(ds, to)
         save_dataset(ds, dst, to, images=images, overwrite=overwrite, progress=track)
         info(f"converted {len(ds)} images, {ds.num_boxes} boxes, {len(ds.class_names)} classes:"
              f" {src} ({ds.meta.get('format')}) -> {dst} ({to})")

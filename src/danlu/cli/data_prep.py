@@ -44,8 +44,10 @@ def _load(path: Path, fmt: str | None, split: str | None = None,  # noqa: ANN202
 
 
 def _save(ds: Any, out: Path, fmt: str, overwrite: bool) -> Path:
+    from danlu.cli._common import print_losses
     from danlu.data.io import save_dataset
 
+    print_losses(ds, fmt)
     return save_dataset(ds, out, fmt, overwrite=overwrite, progress=_progress)
 
 

@@ -20,6 +20,7 @@ _LAZY = {
     "register_format": "danlu.data.io",
     "image_size": "danlu.data.imagesize", "image_size_from_bytes": "danlu.data.imagesize",
     "dataset_stats": "danlu.data.stats", "plot_stats": "danlu.data.stats",
+    "conversion_losses": "danlu.data.formats.losses",
 }
 
 
@@ -37,5 +38,5 @@ def __dir__() -> list[str]:
 __all__ = [
     "FORMATS", "detect_format", "load_dataset", "save_dataset", "load_predictions",
     "save_predictions", "register_format", "image_size", "image_size_from_bytes",
-    "dataset_stats", "plot_stats",
+    "dataset_stats", "plot_stats", "conversion_losses",
 ]
