@@ -1,5 +1,9 @@
 """Reading datasets: ``danlu.data.load_dataset`` against globox (and pycocotools for COCO).
 
+Formats: COCO, VOC, YOLO, CVAT for images 1.1 and LabelMe against globox's readers; DOTA
+and Ultralytics OBB (which globox does not read) against danlu's VOC / DOTA read of the same
+boxes.
+
 A COCO-scale synthetic dataset (5,000 images, about 35,000 boxes, 80 classes with COCO's
 non-contiguous category ids) is written once per size into a cache folder in each format,
 with real (tiny, single-colour) PNG files whose headers carry the declared sizes. Each reader
@@ -69,8 +73,9 @@ def prepare(n_images: int) -> dict[str, Path]:
     from danlu.data import save_dataset
 
     root = _cache_root() / f"n{n_images}"
-    paths = {f: root / f for f in ("coco", "voc", "yolo", "dota")}
-    if (root / "done").is_file():
+    paths = {f: root / f for f in ("coco", "voc", "yolo", "dota", "cvat", "labelme",
+                                   "yolo-obb")}
+    if (root / "done").is_file() and all(p.is_dir() for p in paths.values()):
         return paths
     shutil.rmtree(root, ignore_errors=True)
     ds = _make_dataset(n_images)
@@ -189,6 +194,32 @@ def run(quick: bool = False) -> list[Row]:
     voc = load_dataset(paths["voc"], "voc")
     rows.append(Row(f"read DOTA ({label})", t_ours, "no peer (globox has no DOTA reader)",
                     float("nan"), _agree(_ours_boxes(ours), _ours_boxes(voc)), ""))
+
+    # CVAT for images 1.1: one annotations.xml
+    xml = paths["cvat"] / "annotations.xml"
+    ours = load_dataset(paths["cvat"], "cvat")
+    t_ours = measure(lambda: load_dataset(paths["cvat"], "cvat"), repeat=repeat)
+    gb = globox.AnnotationSet.from_cvat(xml)
+    t_gb = measure(lambda: globox.AnnotationSet.from_cvat(xml), repeat=repeat)
+    rows.append(Row(f"read CVAT ({label})", t_ours, "globox.from_cvat", t_gb,
+                    len(gb) == len(ours) and _agree(_ours_boxes(ours), _globox_boxes(gb)),
+                    GOAL))
+
+    # LabelMe: a JSON file beside each image
+    ours = load_dataset(paths["labelme"], "labelme")
+    t_ours = measure(lambda: load_dataset(paths["labelme"], "labelme"), repeat=repeat)
+    gb = globox.AnnotationSet.from_labelme(paths["labelme"])
+    t_gb = measure(lambda: globox.AnnotationSet.from_labelme(paths["labelme"]), repeat=repeat)
+    rows.append(Row(f"read LabelMe ({label})", t_ours, "globox.from_labelme", t_gb,
+                    len(gb) == len(ours) and _agree(_ours_boxes(ours), _globox_boxes(gb)),
+                    GOAL))
+
+    # Ultralytics OBB: globox has none; check against the DOTA read of the same polygons
+    ours = load_dataset(paths["yolo-obb"], "yolo-obb")
+    t_ours = measure(lambda: load_dataset(paths["yolo-obb"], "yolo-obb"), repeat=repeat)
+    dota = load_dataset(paths["dota"], "dota")
+    rows.append(Row(f"read YOLO OBB ({label})", t_ours, "no peer (globox has no OBB reader)",
+                    float("nan"), _agree(_ours_boxes(ours), _ours_boxes(dota)), ""))
 
     # image sizes from headers vs PIL's lazy open
     files = sorted((paths["yolo"] / "images" / "train").iterdir())
