@@ -51,11 +51,11 @@ demo: $(VENV)/.installed
 	$(BIN)/danlu demo --out runs/demo
 
 test: $(VENV)/.installed-dev system-deps
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts examples
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 lint: $(VENV)/.installed-dev
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff check src tests benchmarks scripts examples
 
 # Every bash and python block of README.md, verbatim, in a scratch folder (.ci/run runs it
 # after the suite): see scripts/readme_walk.py.
