@@ -181,6 +181,23 @@ class Detections:
             parts.append("flags=" + ",".join(self.flags))
         return f"Detections({', '.join(parts)})"
 
+    def _repr_html_(self) -> str:
+        """The boxes as an HTML table (:func:`danlu.data.notebook.detections_html`)."""
+        return _notebook().detections_html(self)
+
+    def show(self, image: Any, class_names: Sequence[str] | None = None, *,
+             max_side: int | None = 800) -> Any:
+        """A Pillow image of ``image`` (array, Pillow image, path or bytes; boxes in its pixels)
+        with these boxes drawn as ``danlu data show`` draws them, longest side at most
+        ``max_side`` pixels (None: full size).
+
+        Example:
+            >>> d = Detections([[4, 4, 40, 30]], [1], scores=[0.9])
+            >>> d.show(np.zeros((48, 64, 3), np.uint8), ["cat", "dog"]).size
+            (64, 48)
+        """
+        return _notebook().show_image(image, self, class_names, max_side=max_side)
+
     # -- properties -----------------------------------------------------------------------
     @property
     def area(self) -> np.ndarray:
@@ -289,6 +306,14 @@ def polygons_to_enclosing_xyxy(polygons: np.ndarray) -> np.ndarray:
     return polygon_to_xyxy(np.asarray(polygons).reshape(-1, 4, 2))
 
 
+def _notebook() -> Any:
+    """:mod:`danlu.data.notebook`, by name: the display methods are the one place the vocabulary
+    calls up the room order (the drawer lives in ``danlu.data``); late, so no PIL at import."""
+    from importlib import import_module
+
+    return import_module("danlu.data.notebook")
+
+
 def compare_detections(a: Detections, b: Detections, *, atol: float = 1e-4) -> str | None:
     """Describe the first difference between ``a`` and ``b`` (None when they match).
 
@@ -361,6 +386,18 @@ class Sample:
             where = self.image if isinstance(self.image, (str, Path)) else f"sample {self.id!r}"
             raise DatasetError(f"{where}: cannot decode image ({e})") from e
 
+    def _repr_png_(self) -> bytes | None:
+        """PNG bytes of the image with its boxes drawn (labels as numbers: a sample does not know
+        its class names), longest side at most 800 px; None when the image cannot be read, so
+        that a notebook shows the text ``repr`` instead.
+
+        Example:
+            >>> s = Sample(np.zeros((40, 60, 3), np.uint8), 60, 40, Detections([[5, 5, 9, 9]], [0]))
+            >>> s._repr_png_()[:8], Sample("no/such.png", 60, 40)._repr_png_()
+            (b'\\x89PNG\\r\\n\\x1a\\n', None)
+        """
+        return _notebook().sample_png(self)
+
 
 @dataclass
 class Dataset:
@@ -413,6 +450,11 @@ class Dataset:
     def detections(self) -> list[Detections]:
         """The detections of every sample, in order."""
         return [s.detections for s in self.samples]
+
+    def _repr_html_(self) -> str:
+        """A notebook summary: counts of images, boxes and boxes per class, and thumbnails of the
+        first 6 samples with boxes and class names (:func:`danlu.data.notebook.dataset_html`)."""
+        return _notebook().dataset_html(self)
 
     # -- the TrainingData protocol ---------------------------------------------------------
     def item_size(self, index: int) -> tuple[int, int]:

@@ -105,6 +105,28 @@ class EvalResult:
                              for k, (r, p) in self.curves.items()}
         return out
 
+    def _repr_html_(self) -> str:
+        """The metrics as HTML, for a notebook: a line with the protocol and the headline number,
+        then the tables of the HTML report (:func:`danlu.evaluate.page.metrics_table`: every
+        named metric and per-class AP with ground-truth counts, four decimals, ``n/a`` where
+        undefined) and the parameters (:func:`~danlu.evaluate.page.params_table`) folded away.
+
+        Example:
+            >>> r = EvalResult("voc12", ["cat"], metrics={"mAP": 0.5}, per_class={"cat": 0.5})
+            >>> "<td>mAP</td><td>0.5000</td>" in r._repr_html_()
+            True
+        """
+        import html
+
+        from danlu.evaluate.page import metrics_table, number, params_table
+
+        name, value = self.main_metric
+        head = (f"<p><b>EvalResult</b> {html.escape(self.protocol)}: {name} {number(value)}, "
+                f"{len(self.class_names)} classes</p>")
+        params = (f"<details><summary>parameters</summary>{params_table(self.params)}</details>"
+                  if self.params else "")
+        return f"<div class='danlu-eval'>{head}{metrics_table(self)}{params}</div>"
+
     def __repr__(self) -> str:
         name, value = self.main_metric
         return (f"EvalResult(protocol={self.protocol!r}, {name}={value:.4f}, "
