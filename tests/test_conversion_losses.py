@@ -134,3 +134,36 @@ def test_cvat_coco_export_attributes(tmp_path: Path) -> None:
     assert ds.samples[0].detections.flag("occluded").tolist() == [True, False, False]
     assert ds.meta["notices"] == ["annotation attributes that are not true/false are not kept: "
                                   "'color' on 1"]
+
+
+def test_difficult_in_a_coco_file_is_evaluated_as_pycocotools_does(tmp_path: Path) -> None:
+    """The difficult attribute survives VOC -> COCO, and the COCO metrics of that file are
+    still pycocotools' on the same file (which does not look at attributes)."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from danlu.data import load_predictions
+    from danlu.evaluate import evaluate
+
+    voc = _voc(tmp_path / "voc")
+    save_dataset(load_dataset(voc), tmp_path / "coco", "coco")
+    gt = load_dataset(tmp_path / "coco")
+    assert sum(int(s.detections.flag("difficult").sum()) for s in gt) == 3
+    rng = np.random.default_rng(0)
+    doc = json.loads((tmp_path / "coco" / "annotations.json").read_text())
+    results = [{"image_id": a["image_id"], "category_id": a["category_id"],
+                "bbox": [v + float(rng.uniform(-2, 2)) for v in a["bbox"]],
+                "score": float(rng.random())} for a in doc["annotations"][::2]]
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    preds = load_predictions(tmp_path / "results.json", gt)
+    ours = evaluate(gt, preds, protocol="coco").stats
+    with contextlib.redirect_stdout(io.StringIO()):
+        cg = COCO(str(tmp_path / "coco" / "annotations.json"))
+        e = COCOeval(cg, cg.loadRes(str(tmp_path / "results.json")), "bbox")
+        e.evaluate()
+        e.accumulate()
+        e.summarize()
+    np.testing.assert_allclose(ours, e.stats, atol=1e-12)

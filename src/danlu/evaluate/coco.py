@@ -28,7 +28,9 @@ The conventions are pycocotools' ``COCOeval`` (``iouType="bbox"``):
   a ground truth outside the range is ignored, and so is an unmatched detection outside it;
 * **ignored** ground truth (``flags["ignore"]`` or ``flags["difficult"]``) is treated as a
   non-crowd box outside every area range: matching it neither helps nor hurts (pycocotools
-  itself overwrites an ``ignore`` field with ``iscrowd``; we give it this meaning);
+  itself overwrites an ``ignore`` field with ``iscrowd``; we give it this meaning). Ground
+  truth read from a COCO file (``meta["format"] == "coco"``) has no ignored boxes, as
+  pycocotools reads that file: a ``difficult`` attribute there is kept but does not count;
 * ``max_dets`` is sorted, as pycocotools sorts it;
 * the summary follows ``summarize()`` to the letter, quirks included: ``AP`` is read at
   ``maxDets=100`` (-1 when 100 is not in ``max_dets``), the other AP numbers and ``AR100``,
@@ -196,6 +198,8 @@ def evaluate_coco(gt: Dataset, predictions: Dataset | Sequence[Detections], *,
     check_labels(g, num_classes, gt, "ground truth")
     check_labels(d, num_classes, gt, "predictions")
     c = coco_columns(g, d)
+    if gt.meta.get("format") == "coco":  # a COCO file: what pycocotools sees in it
+        c["g_ignore"] = np.zeros_like(c["g_ignore"])
     area_rng = np.array([[float(lo), float(hi)] for lo, hi in ranges.values()], np.float64)
     rank = _image_rank(gt)
     if rank is not None:  # the images in pycocotools' order
