@@ -23,13 +23,14 @@ from danlu.cli._common import (
 
 data_app = typer.Typer(
     name="data",
-    help="Prepare datasets: convert between VOC, COCO, YOLO and DOTA, statistics, and more."
+    help="Prepare datasets: convert between VOC, COCO, YOLO, YOLO OBB, DOTA, LabelMe and CVAT, "
+         "statistics, and more."
     "\n\nExample: danlu data convert shapes shapes-coco --to coco",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-_FORMATS = "voc, coco, yolo, dota, labelme or cvat"
+_FORMATS = "voc, coco, yolo, yolo-obb, dota, labelme or cvat"
 
 
 def _warnings_report(dst: Path, warnings: list[str]) -> Path:

@@ -110,7 +110,7 @@ def register(data_app: typer.Typer) -> None:
         num_images: int = typer.Option(100, "--num-images", "-n", help="Number of images."),
         seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same bytes)."),
         fmt: str = typer.Option(None, "--to", help="Format to write: voc (default), coco, "
-                                "yolo or dota.", show_default=False),
+                                "yolo, yolo-obb, dota, labelme or cvat.", show_default=False),
         fmt_old: str = typer.Option(None, "--format", "-f", hidden=True),
         image_size: str = typer.Option("256", "--image-size", help="N or WxH pixels."),
         objects: str = typer.Option("1,6", "--objects", help="Min,max objects per image."),

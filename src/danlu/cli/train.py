@@ -46,7 +46,8 @@ def register(app: typer.Typer) -> None:
         data: str = typer.Option(None, "--data", help="Training dataset (VOC/COCO/YOLO/DOTA "
                                  "folder or file, or a .pack file)."),
         data_format: str = typer.Option(None, "--format", "-f", help="Format of --data and "
-                                        "--val: voc, coco, yolo or dota (default: detected)."),
+                                        "--val: voc, coco, yolo, yolo-obb, dota, labelme or "
+                                        "cvat (default: detected)."),
         data_format_old: str = typer.Option(None, "--data-format", hidden=True),
         model: str = typer.Option(_D.model, "--model", help="The detector to build: "
                                   + ", ".join(MODEL_NAMES) + "."),
