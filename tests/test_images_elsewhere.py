@@ -68,3 +68,15 @@ def test_relocation_by_name_then_stem_and_never_a_guess(tmp_path):
              Path(s.image).relative_to(tmp_path) for s in moved.samples]
     assert found == 2 and names[1] == Path("c/y.png") and names[2] == Path("z.jpg")
     assert [Path(s.image).name for s in missing_images(moved)] == ["x.png", "w.jpg"]
+
+
+def test_train_finds_the_images_with_image_dir(root):
+    base = ("train", "--data", "ann", "--epochs", "1", "--img-size", "64", "--batch", "2",
+            "--project", "runs", "--no-final-eval")
+    r = danlu(*base, "--name", "no-dir", cwd=root)
+    assert r.returncode == 2 and "--image-dir" in r.stderr and "check_images" not in r.stderr
+    r = danlu(*base, "--name", "dir", "--image-dir", "shapes", "--json", cwd=root)
+    assert r.returncode == 0, r.stderr
+    assert "6 of 6 images found in shapes" in r.stderr
+    assert (root / "runs" / "dir" / "best.pt").is_file()
+    assert "image_dir: shapes" in (root / "runs" / "dir" / "config.yaml").read_text()

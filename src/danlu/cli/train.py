@@ -97,6 +97,8 @@ def register(app: typer.Typer) -> None:
         skip_invalid: bool = typer.Option(_D.skip_invalid, "--skip-invalid/--no-skip-invalid",
                                           help="Skip invalid annotations (each named) instead "
                                           "of stopping at the first."),
+        image_dir: str = typer.Option(_D.image_dir, "--image-dir",
+                                      help=_common.IMAGE_DIR_HELP),
         strict: bool = typer.Option(_D.strict, "--strict/--no-strict", help="Stop at the first "
                                     "training image that cannot be decoded (default: skip it "
                                     "with a warning and count it)."),

@@ -30,11 +30,13 @@ from danlu.train.trainer import LossFn, Trainer, TrainResult
 #: Options that may change when resuming (the rest must match the checkpoint's run).
 RESUME_OVERRIDABLE = frozenset({"device", "workers", "epochs", "time", "patience", "data",
                                 "val", "resume", "final_eval", "plots", "data_format",
-                                "distributed", "max_steps", "strict", "skip_invalid"})
+                                "distributed", "max_steps", "strict", "skip_invalid",
+                                "image_dir"})
 _RUN_FILES = ("last.pt", "best.pt", "results.csv", "history.jsonl", "config.yaml")
 
 
-def _load(data: Any, fmt: str | None, what: str, skip_invalid: bool = False) -> Any:
+def _load(data: Any, fmt: str | None, what: str, skip_invalid: bool = False,
+          image_dir: str | None = None) -> Any:
     if isinstance(data, (str, Path)):
         if str(data).endswith(".pack"):
             from danlu.data.pack import PackedDataset
@@ -44,7 +46,7 @@ def _load(data: Any, fmt: str | None, what: str, skip_invalid: bool = False) -> 
 
         from danlu.data.io import dataset_notices, load_dataset, skipped_report
 
-        ds = load_dataset(data, format=fmt, skip_invalid=skip_invalid)
+        ds = load_dataset(data, format=fmt, skip_invalid=skip_invalid, image_dir=image_dir)
         for note in dataset_notices(ds):
             print(f"note: {what}: {note}", file=sys.stderr, flush=True)
         report = skipped_report(ds.meta.get("warnings") or [], what)
@@ -274,7 +276,7 @@ def _datasets(data: Any, val: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     """The training and validation data: the declared splits of ``data`` when it has them,
     else the validation split cut off when no ``val``."""
     train_data = _load(data if data is not None else cfg.data, cfg.data_format, "training data",
-                       cfg.skip_invalid)
+                       cfg.skip_invalid, cfg.image_dir)
     with_val = val is not None or bool(cfg.val)
     train_data, declared_val, said = declared_splits(train_data, with_val)
     if said:
@@ -284,7 +286,7 @@ def _datasets(data: Any, val: Any, cfg: TrainConfig) -> tuple[Any, Any]:
     val_data = declared_val
     if with_val:
         val_data = _load(val if val is not None else cfg.val, cfg.data_format,
-                         "validation data", cfg.skip_invalid)
+                         "validation data", cfg.skip_invalid, cfg.image_dir)
     elif val_data is None and cfg.val_split > 0:
         if not isinstance(train_data, Dataset):
             raise ConfigError("val_split needs a Dataset; pass val= for packed data")

@@ -78,6 +78,8 @@ class TrainConfig:
         skip_invalid: skip invalid annotations (a box without coordinates, a label file that
             does not parse) while reading the datasets, each named in a warning, instead of
             stopping at the first.
+        image_dir: a folder to find the images of ``data`` and ``val`` in when they are not
+            where the annotations say (by file name, then by stem, in any sub-folder).
         ema / ema_decay / ema_tau: keep an exponential moving average of the weights, which is
             what is evaluated and saved as the model.
         amp: mixed precision on CUDA (ignored elsewhere).
@@ -140,6 +142,7 @@ class TrainConfig:
     deterministic: bool = False
     strict: bool = False
     skip_invalid: bool = False
+    image_dir: str | None = None
     ema: bool = True
     ema_decay: float = 0.9998
     ema_tau: float = 200.0
