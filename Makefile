@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # machine's disk); pyproject.toml keeps loose ranges for users.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: demo test lint bench system-deps readme-walk clean
+.PHONY: demo test lint bench system-deps readme-walk docs clean
 
 # pip speaks only when something fails: no root-user, version or dependency-resolver chatter
 # a user cannot act on.
@@ -54,6 +54,10 @@ test: $(VENV)/.installed-dev system-deps
 	$(BIN)/ruff check src tests benchmarks scripts examples
 	$(BIN)/python -m pytest -n 2 --dist loadfile
 
+# The documentation site (mkdocs.yml) into site/, offline; a warning is an error.
+docs: $(VENV)/.installed-dev
+	$(BIN)/mkdocs build --strict -f mkdocs.yml -d site
+
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks scripts examples
 
@@ -69,4 +73,4 @@ bench: $(VENV)/.installed-dev
 	$(BIN)/danlu bench $(NAME)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs site .pytest_cache

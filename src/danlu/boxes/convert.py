@@ -1,6 +1,6 @@
 """Box format conversions and simple box arithmetic.
 
-Conventions (see docs/DESIGN.md):
+Conventions (see docs/design.md):
 
 - ``xyxy``: ``(x1, y1, x2, y2)``, absolute pixels, continuous coordinates: a box covering pixels
   0..9 is ``(0, 0, 10, 10)`` and its area is ``(x2 - x1) * (y2 - y1)`` (no ``+1``).
