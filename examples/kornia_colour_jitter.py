@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from _scenes import load_image  # beside this script
 from kornia.enhance import adjust_brightness, adjust_contrast, adjust_saturation
 
 
@@ -49,27 +50,6 @@ class FitResult(NamedTuple):
     jitter: Jitter
     loss_before: float
     loss_after: float
-
-
-def synthetic_scene(size: int, seed: int = 0) -> torch.Tensor:
-    """A smooth, colourful ``[1, 3, size, size]`` image in [0, 1] from seeded noise."""
-    gen = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(1, 3, 8, 8, generator=gen)
-    return F.interpolate(coarse, size=(size, size), mode="bicubic", align_corners=True).clamp(0, 1)
-
-
-def load_image(size: int = 64) -> torch.Tensor:
-    """scikit-image's ``astronaut`` as ``[1, 3, size, size]`` float in [0, 1].
-
-    Falls back to :func:`synthetic_scene` when scikit-image is not installed.
-    """
-    try:
-        from skimage import data
-    except ImportError:
-        return synthetic_scene(size)
-    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
-    # "area" averages whole pixels, so the downscaled photograph does not alias.
-    return F.interpolate(image, size=(size, size), mode="area")
 
 
 def jitter(

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from _scenes import load_image  # beside this script
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.depth import warp_frame_depth
 
@@ -64,30 +65,6 @@ class FitResult(NamedTuple):
     inverse_depth: torch.Tensor
     loss_before: float
     loss_after: float
-
-
-def synthetic_scene(size: int, seed: int = 0) -> torch.Tensor:
-    """A seeded ``[1, 3, size, size]`` colour texture in [0, 1]: blobs at two scales."""
-    gen = torch.Generator().manual_seed(seed)
-    out = torch.zeros(1, 3, size, size)
-    for cells, weight in ((6, 0.6), (16, 0.4)):
-        coarse = torch.rand(1, 3, cells, cells, generator=gen)
-        out += weight * F.interpolate(coarse, size=(size, size), mode="bicubic",
-                                      align_corners=True)
-    return out.clamp(0, 1)
-
-
-def load_image(size: int = 64) -> torch.Tensor:
-    """scikit-image's ``astronaut`` as ``[1, 3, size, size]`` float in [0, 1].
-
-    Falls back to :func:`synthetic_scene` when scikit-image is not installed.
-    """
-    try:
-        from skimage import data
-    except ImportError:
-        return synthetic_scene(size)
-    rgb = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
-    return F.interpolate(rgb, size=(size, size), mode="area")
 
 
 def cameras(size: int, baseline: float = 0.08) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_grayscale
+from _scenes import load_image  # beside this script
 from kornia.filters import gaussian_blur2d
 from kornia.geometry.transform import get_perspective_transform, warp_perspective
 
@@ -59,30 +59,6 @@ class FitResult(NamedTuple):
     loss_after: float
 
 
-def synthetic_scene(size: int, seed: int = 0) -> torch.Tensor:
-    """A seeded ``[1, 1, size, size]`` grey texture in [0, 1]: blobs at two scales."""
-    gen = torch.Generator().manual_seed(seed)
-    out = torch.zeros(1, 1, size, size)
-    for cells, weight in ((6, 0.6), (16, 0.4)):
-        coarse = torch.rand(1, 1, cells, cells, generator=gen)
-        out += weight * F.interpolate(coarse, size=(size, size), mode="bicubic",
-                                      align_corners=True)
-    return out.clamp(0, 1)
-
-
-def load_image(size: int = 64) -> torch.Tensor:
-    """scikit-image's ``astronaut`` in grey as ``[1, 1, size, size]`` float in [0, 1].
-
-    Falls back to :func:`synthetic_scene` when scikit-image is not installed.
-    """
-    try:
-        from skimage import data
-    except ImportError:
-        return synthetic_scene(size)
-    rgb = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 255.0
-    return rgb_to_grayscale(F.interpolate(rgb, size=(size, size), mode="area"))
-
-
 def corners(size: int) -> torch.Tensor:
     """The four corner pixel centres ``[1, 4, 2]`` of a ``size`` x ``size`` image, TL clockwise."""
     s = float(size - 1)
@@ -99,7 +75,7 @@ def make_problem(size: int = 64, max_offset: float = 0.12, seed: int = 0) -> Pro
     """Draw corner offsets uniformly in ``+-max_offset * size`` pixels and warp the image."""
     gen = torch.Generator().manual_seed(seed)
     true_offsets = (torch.rand(1, 4, 2, generator=gen) * 2 - 1) * max_offset * size
-    image = load_image(size)
+    image = load_image(size, grey=True)
     target = warp_perspective(image, homography_from_offsets(true_offsets, size), (size, size))
     return Problem(image, target, true_offsets)
 

@@ -24,7 +24,10 @@ EXAMPLES = ROOT / "examples"
 
 
 def load_example(name: str) -> ModuleType:
-    """Import ``examples/<name>.py`` as a module named ``examples_<name>``."""
+    """Import ``examples/<name>.py`` as a module named ``examples_<name>`` (with examples/ on
+    the path, as when the script runs: it imports ``_scenes`` from beside itself)."""
+    if str(EXAMPLES) not in sys.path:
+        sys.path.insert(0, str(EXAMPLES))
     spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -117,8 +120,12 @@ def test_colour_jitter_identity_is_identity(jitter_ex: ModuleType) -> None:
     image = jitter_ex.load_image(16)
     assert image.shape == (1, 3, 16, 16)
     assert torch.allclose(jitter_ex.jitter(image, *jitter_ex.IDENTITY), image, atol=1e-6)
-    synthetic = jitter_ex.synthetic_scene(16)
-    assert synthetic.shape == (1, 3, 16, 16) and 0 <= synthetic.min() <= synthetic.max() <= 1
+    scenes = load_example("_scenes")
+    for grey, channels in ((False, 3), (True, 1)):
+        assert scenes.load_image(16, grey=grey).shape == (1, channels, 16, 16)
+        synthetic = scenes.synthetic_scene(16, channels)
+        assert synthetic.shape == (1, channels, 16, 16)
+        assert 0 <= synthetic.min() <= synthetic.max() <= 1
 
 
 def test_colour_jitter_recovers_parameters(jitter_ex: ModuleType) -> None:
