@@ -77,13 +77,19 @@ def test_globs_and_typos_fail_before_the_model_loads(ckpt, tmp_path, capsys):
     assert code == 0 and len(orjson.loads(out)["images"]) == 2
 
 
-def test_every_format_is_read_back_by_load_predictions(ckpt, tmp_path):
+def test_every_format_is_read_back_by_load_predictions(ckpt, tmp_path, capsys):
     paths = _images(tmp_path / "imgs", n=3, size=(90, 70), seed=4)
     code, out = _run(["predict", str(ckpt), str(tmp_path / "imgs"), "--out", str(tmp_path / "p"),
                       "--score-threshold", "0.05", "--to", "coco,voc", "--to", "yolo",
                       "--to", "dota", "--to", "dota-task1,dota-task2", "--json"])
     assert code == 0
     doc = orjson.loads(out)
+    # VOC and DOTA label files hold no scores: said, with the count
+    n = sum(len(r["detections"]["labels"]) for r in doc["images"])
+    err = capsys.readouterr().err
+    for fmt in ("voc", "dota"):
+        assert f"warning: --to {fmt}: {fmt.upper()} holds no scores: {n} scores dropped" in err
+    assert "--to coco:" not in err and "--to yolo:" not in err
     gt = Dataset([Sample(p, 90, 70, id=p.stem) for p in paths],
                  ["circle", "square", "triangle", "star"])
     want = {r["path"].rsplit("/", 1)[1].split(".")[0]: r["detections"] for r in doc["images"]}

@@ -116,7 +116,11 @@ def write_dota_results(ds: Dataset, folder: Path, task: int) -> Path:
 def write_outputs(doc: dict[str, Any], results: Sequence[Any], class_names: Sequence[str],
                   out: Path, formats: Sequence[str]) -> dict[str, str]:
     """Write ``predictions.json`` and the asked ``formats`` (module docstring); returns
-    ``{format: path}`` and records it in ``doc["outputs"]``."""
+    ``{format: path}`` and records it in ``doc["outputs"]``. What a format cannot hold (VOC
+    and DOTA: the scores) is one ``warning:`` line on stderr per kind, with its count."""
+    import sys
+
+    from danlu.data.formats.losses import conversion_losses
     from danlu.data.io import save_dataset
 
     written = {"danlu": str(out / "predictions.json")}
@@ -125,6 +129,8 @@ def write_outputs(doc: dict[str, Any], results: Sequence[Any], class_names: Sequ
         r.geo is not None for r in results) else None
     for fmt in wanted:
         assert ds is not None
+        for line in conversion_losses(ds, fmt):
+            print(f"warning: --to {fmt}: {line}", file=sys.stderr)
         if fmt == "coco":
             path = out / "predictions.coco.json"
             save_dataset(ds, path, "coco", images="none", overwrite=True)
