@@ -21,6 +21,11 @@ loopback, in the benchmark's own process.
   arrival takes an idle client (one connection) or opens a new one; ``warm_url`` opens 64
   before the first arrival.
 
+* **Paired** (:func:`paired_latency`): one client per server, each request sent to every
+  server in turn, one at a time, with the same body (the next body for the next turn): the
+  servers see the same load at the same moments, so the difference of their latencies is not
+  the drift of a machine shared with other work.
+
 Every response is classified by status (a transport error or a client timeout as
 ``"timeout"`` / ``"error"``); a 200's JSON ``batch_size`` (ours, and the peers of this
 benchmark, report the size of the batch the request rode in) feeds the mean batch size.
@@ -113,6 +118,8 @@ class LoadResult:
     error_latency: dict[str, dict[str, float]] = field(default_factory=dict)
     #: the first answer other than 200 / 503: its status and the start of its body
     first_error: str = ""
+    #: every request, in order (kept by :func:`paired_latency` only)
+    samples: list[Sample] = field(default_factory=list)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -283,6 +290,35 @@ def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, *,
     connections are opened before the first arrival."""
     return asyncio.run(_open(url, bodies, rate, seconds, connections, timeout_s, warm_url,
                              warm_connections))
+
+
+async def _paired(urls: list[str], bodies: list[bytes], n: int, warmup: int,
+                  timeout_s: float) -> list[list[Sample]]:
+    clients = [_client(timeout_s) for _ in urls]
+    out: list[list[Sample]] = [[] for _ in urls]
+    try:
+        for i in range(warmup + n):
+            body = bodies[i % len(bodies)]
+            for j, (client, url) in enumerate(zip(clients, urls, strict=True)):
+                sample = await _one(client, url, body)
+                if i >= warmup:
+                    out[j].append(sample)
+    finally:
+        for c in clients:
+            await c.aclose()
+    return out
+
+
+def paired_latency(urls: list[str], bodies: list[bytes], n: int = 300, *, warmup: int = 10,
+                   timeout_s: float = 70.0) -> list[LoadResult]:
+    """``n`` turns of one request to each of ``urls`` (module doc); one
+    :class:`LoadResult` per URL (concurrency 1), with its :attr:`~LoadResult.samples`."""
+    out = []
+    for samples in asyncio.run(_paired(urls, bodies, n, warmup, timeout_s)):
+        res = summarize(samples, sum(s.latency for s in samples), "closed", 1, None)
+        res.samples = samples
+        out.append(res)
+    return out
 
 
 def wait_ready(url: str, timeout_s: float = 120.0, proc=None) -> None:  # noqa: ANN001

@@ -1,4 +1,5 @@
-"""``danlu serve``: the detector as an HTTP service (FastAPI + uvicorn, dynamic batching)."""
+"""``danlu serve``: the detector as an HTTP service (FastAPI + uvicorn, dynamic batching), with
+the model in the process or, with ``--redis``, in ``danlu worker`` processes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,41 @@ def require_serve_extra() -> None:
     if missing:
         raise ConfigError(f"danlu serve needs {', '.join(_NEEDS[m] for m in missing)}, which "
                           "is not installed", hint="; ".join(sorted(set(missing.values()))))
+
+
+def require_redis_client() -> None:
+    """One clear error when redis-py (the client of ``--redis``) is missing."""
+    from danlu.errors import ConfigError
+
+    if missing_modules(["redis"]):
+        raise ConfigError("--redis needs the redis client (redis-py), which is not installed",
+                          hint="pip install 'redis>=5'")
+
+
+def require_ray_extra() -> None:
+    """One clear error naming the extra when Ray Serve (``--ray``) is missing."""
+    from danlu.errors import ConfigError
+
+    if missing_modules(["ray"]):
+        raise ConfigError("--ray needs Ray Serve, which is not installed",
+                          hint="pip install 'danlu[ray]'")
+
+
+def check_redis(url: str, prefix: str) -> None:
+    """Say on stderr whether Redis answers now (the server starts either way and answers 503
+    ``backend_unavailable`` until it does)."""
+    from danlu.serve.redis_queue import redact
+
+    try:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        client.ping()
+        client.close()
+        info(f"Redis at {redact(url)} answers (keys under {prefix}:)")
+    except Exception as e:  # noqa: BLE001 - any failure: the same warning
+        info(f"warning: Redis at {redact(url)} does not answer now ({e}); requests get 503 "
+             "until it does")
 
 
 def register(app: typer.Typer) -> None:
@@ -57,17 +93,40 @@ def register(app: typer.Typer) -> None:
                                        "refusals under overload, less throughput when the "
                                        "model shares its cores."),
         log_level: str = typer.Option("warning", "--log-level", help="uvicorn's log level."),
+        redis_url: str = typer.Option(None, "--redis", help="Run no model here: send each "
+                                      "image to `danlu worker` processes over this Redis "
+                                      "(redis://host:6379/0)."),
+        redis_prefix: str = typer.Option("danlu", "--redis-prefix", help="With --redis: the "
+                                         "prefix of every key (one per model and fleet)."),
+        max_backlog: int = typer.Option(256, "--max-backlog", help="With --redis: jobs not "
+                                        "yet done above which new requests get 503."),
+        ray: bool = typer.Option(False, "--ray", help="Run no model here: serve it from Ray "
+                                 "Serve replicas (a local Ray, or --ray-address)."),
+        ray_address: str = typer.Option(None, "--ray-address", help="With --ray: the Ray "
+                                        "cluster (auto, HOST:6379); default: a local Ray."),
+        replicas: int = typer.Option(1, "--replicas", help="With --ray: model replicas (with "
+                                     "--autoscale: the most)."),
+        autoscale: bool = typer.Option(False, "--autoscale", help="With --ray: scale from 1 "
+                                       "to --replicas on ongoing requests."),
+        replica_cpus: float = typer.Option(1.0, "--replica-cpus", help="With --ray: CPUs "
+                                           "(and torch threads) per replica."),
+        replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="With --ray: GPUs per "
+                                           "replica (with --device cuda)."),
     ) -> None:
         """Serve a detector over HTTP: POST /v1/detect, a web page at /, metrics at /metrics.
 
         Requests are batched dynamically (by --max-batch and --max-wait-ms); uploads are
-        checked (size, format, pixels) before decoding; SIGTERM drains.
+        checked (size, format, pixels) before decoding; SIGTERM drains. With --redis the
+        model runs in `danlu worker` processes, on this machine or others; with --ray in Ray
+        Serve replicas (docs/serve.md).
 
-        Example (then open http://127.0.0.1:8000/, or
+        Examples (then open http://127.0.0.1:8000/, or
         curl -F image=@shapes/JPEGImages/shapes_000000.png http://127.0.0.1:8000/v1/detect):
           danlu serve runs/shapes/best.pt --port 8000
+          danlu serve runs/shapes/best.pt --redis redis://127.0.0.1:6379/0
         """
         require_serve_extra()
+        from danlu.errors import ConfigError
         from danlu.serve.config import ENV_TOKEN, ServeConfig
         from danlu.serve.engine import Engine
         from danlu.serve.server import run
@@ -78,7 +137,25 @@ def register(app: typer.Typer) -> None:
             max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
             token=token or os.environ.get(ENV_TOKEN) or None,
             cors_origins=tuple(cors_origin or ()), host=host, port=port, workers=workers,
-            model_nice=model_nice)
+            model_nice=model_nice, redis_url=redis_url, redis_prefix=redis_prefix,
+            max_backlog=max_backlog, ray=ray, ray_address=ray_address, replicas=replicas,
+            autoscale=autoscale, replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+        if ray and redis_url:
+            raise ConfigError("--ray and --redis are two ways to run the model elsewhere: "
+                              "choose one")
+        if ray:  # the web side: no model, no torch here; the replicas load it
+            require_ray_extra()
+            if workers > 1:
+                raise ConfigError("--ray runs one web process (the replicas do the model work)",
+                                  hint="drop --workers, raise --replicas")
+            raise typer.Exit(run(config, None, log_level=log_level))
+        if redis_url:  # the web side: no model, no torch here
+            from danlu.serve.redis_queue import check_url
+
+            require_redis_client()
+            check_url(redis_url)
+            check_redis(redis_url, redis_prefix)
+            raise typer.Exit(run(config, None, log_level=log_level))
         info(f"loading {model} ...")
         engine = Engine.open(config)  # once here: a bad MODEL is one error before any server
         if host not in ("127.0.0.1", "localhost", "::1") and not config.token:

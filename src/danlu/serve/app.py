@@ -2,7 +2,9 @@
 
 ``create_app(config)`` builds it for one process; ``app_from_env()`` is the factory each
 uvicorn worker calls (``danlu serve --workers N``), reading the settings the parent put in the
-environment. The model is loaded and warmed in the lifespan, before the first request.
+environment. The model is loaded and warmed in the lifespan, before the first request; with
+``config.redis_url`` no model is loaded here: the routes hand the work to ``danlu worker``
+processes (:mod:`danlu.serve.redis_dispatch`), with the same API, limits, metrics and page.
 
 Example:
     >>> from danlu.serve.app import create_app          # doctest: +SKIP
@@ -108,24 +110,28 @@ def _routes(app: FastAPI, service: Service) -> None:
     async def healthz() -> Response:
         return json({"status": "alive"})
 
-    @app.get("/readyz", summary="Readiness: model loaded and warmed, not draining")
+    @app.get("/readyz", summary="Readiness: model loaded and warmed (over Redis: a worker "
+             "alive), not draining")
     async def readyz() -> Response:
-        ready = service.state == "ready"
-        return json({"status": service.state}, 200 if ready else 503)
+        if service.state != "ready" or service.dispatcher is None:
+            return json({"status": service.state}, 503)
+        doc, ready = await service.dispatcher.readiness()
+        return json(doc, 200 if ready else 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics() -> Response:
-        if service.batcher is not None:
-            service.metrics.queue_depth.set(service.batcher.queue_depth)
+        extra = b"" if service.dispatcher is None else await service.dispatcher.metrics_text()
         body, ctype = service.metrics.render()
-        return Response(body, media_type=ctype)
+        return Response(body + extra, media_type=ctype)
 
     @app.get("/v1/model", summary="The model: classes, input size, version, checkpoint hash")
     async def model() -> Response:
-        if service.engine is None:
+        doc = None if service.dispatcher is None else await service.dispatcher.describe()
+        if doc is None:
             return json({"error": {"status": 503, "code": "loading",
-                                   "message": "the model is loading"}}, 503)
-        return json(service.engine.describe())
+                                   "message": "the model is loading (over Redis: no worker has "
+                                   "described it yet)"}}, 503)
+        return json(doc)
 
     @app.post("/v1/detect", summary="Detect objects in one image", openapi_extra=_DETECT_BODY)
     async def detect(request: Request) -> Response:

@@ -38,6 +38,15 @@ class ServeConfig:
             process (Linux nice levels): reading, decoding and refusing requests then never
             wait behind the model for a core (lower 503 latency under overload), at some cost
             in throughput where the model shares its cores with them. 0: the same priority.
+        redis_url: run no model here: send the work to ``danlu worker`` processes over this
+            Redis (``redis://host:6379/0``); None: the model runs in this process.
+        redis_prefix: the prefix of every Redis key (one prefix per model and fleet).
+        ray / ray_address / replicas / autoscale / replica_cpus / replica_gpus: run no model
+            here: serve it from Ray Serve replicas (:mod:`danlu.serve.ray_backend`) on a local
+            Ray or the cluster at ``ray_address``; ``replicas`` of them (with ``autoscale``:
+            from 1 up to ``replicas`` on ongoing requests), each with these CPUs and GPUs.
+        max_backlog: with ``redis_url``, jobs not yet done (the stream's length) at or above
+            which new requests get 503 + Retry-After.
     """
 
     model: str
@@ -60,6 +69,15 @@ class ServeConfig:
     workers: int = 1
     warmup: bool = True
     predictor_options: dict = field(default_factory=dict)
+    redis_url: str | None = None
+    redis_prefix: str = "danlu"
+    max_backlog: int = 256
+    ray: bool = False
+    ray_address: str | None = None
+    replicas: int = 1
+    autoscale: bool = False
+    replica_cpus: float = 1.0
+    replica_gpus: float = 0.0
 
     def __post_init__(self) -> None:
         self.formats = tuple(f.upper() for f in self.formats)
@@ -69,7 +87,10 @@ class ServeConfig:
                   "--drain-s": self.drain_s >= 0, "--max-upload-mb": self.max_upload_bytes > 0,
                   "--max-pixels": self.max_pixels > 0, "--workers": self.workers >= 1,
                   "--score-threshold": 0.0 <= self.score_threshold <= 1.0,
-                  "--port": 0 <= self.port <= 65535}
+                  "--port": 0 <= self.port <= 65535, "--max-backlog": self.max_backlog >= 1,
+                  "--redis-prefix": bool(self.redis_prefix), "--replicas": self.replicas >= 1,
+                  "--replica-cpus": self.replica_cpus >= 0,
+                  "--replica-gpus": self.replica_gpus >= 0}
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{name}: out of range",

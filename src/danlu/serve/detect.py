@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response
 
+from danlu.serve.dispatch import REQUEST_DEADLINE
 from danlu.serve.engine import DetectOptions, Outcome, Prepared, detections_json
 from danlu.serve.multipart import FilePart, Form, MultipartError, parse_form
 from danlu.serve.problems import RequestProblem, deadline
@@ -133,9 +134,11 @@ async def _guarded(service: Service, request: Request, stage: _Stage,
     """Run ``work`` under the deadline, admitted, and dropped if the client disconnects."""
     t0 = time.perf_counter()
     try:
-        service.admit()
+        await service.admit()
     except RequestProblem as p:
         return problem_response(p)
+    # the dispatcher reads it (a job sent elsewhere carries what is left of it)
+    REQUEST_DEADLINE.set(time.monotonic() + service.config.timeout_s)
     try:
         async with asyncio.timeout(service.config.timeout_s):
             return await work()
@@ -192,7 +195,7 @@ async def detect(service: Service, request: Request) -> Response:
 
     async def work() -> Response:
         stage.name = "read"
-        with service.batcher.incoming():  # an idle batch waits for it until it is queued
+        with service.dispatcher.incoming():  # an idle batch waits for it until it is queued
             kind = _kind(request)
             body = await read_body(request, service.config.max_upload_bytes)
             if kind == "multipart":
@@ -225,7 +228,7 @@ async def detect_batch(service: Service, request: Request) -> Response:
                 item = await _decode(service, upload.data, options, _Stage())
             finally:
                 waiting.discard(id(upload))
-                service.batcher.arrived()
+                service.dispatcher.arrived()
             return {"filename": name, **await _answer(service, item, _Stage(), started)}
         except RequestProblem as p:
             service.metrics.rejected.labels(p.code).inc()
@@ -233,7 +236,7 @@ async def detect_batch(service: Service, request: Request) -> Response:
 
     async def work() -> Response:
         stage.name = "read"
-        with service.batcher.incoming():  # the request, until its images are expected
+        with service.dispatcher.incoming():  # the request, until its images are expected
             if _kind(request) != "multipart":
                 raise RequestProblem(415, "unsupported_format", "send multipart/form-data with "
                                      "one file field 'images' per image", stage="read")
@@ -244,14 +247,14 @@ async def detect_batch(service: Service, request: Request) -> Response:
                 raise RequestProblem(400, "bad_request", "the multipart form has no file "
                                      "field 'images'", stage="read")
             options = _options(service, request, form)
-            service.batcher.expect(len(uploads))
+            service.dispatcher.expect(len(uploads))
         waiting = {id(u) for u in uploads}
         stage.name = "queue"
         try:
             results = await _cancel_on_disconnect(
                 request, asyncio.gather(*(one(u, options, waiting) for u in uploads)))
         finally:
-            service.batcher.arrived(len(waiting))  # those cancelled before they were decoded
+            service.dispatcher.arrived(len(waiting))  # those cancelled before they were decoded
         failed = sum("error" in r for r in results)
         return json_response({"results": results, "count": len(results), "failed": failed})
 

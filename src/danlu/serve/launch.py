@@ -1,9 +1,14 @@
-"""Start a ``danlu serve`` process from Python and wait until it is ready (tests, benchmarks).
+"""Start a ``danlu serve`` or ``danlu worker`` process from Python and wait until it is ready
+(tests, benchmarks).
 
 Example:
-    >>> from danlu.serve.launch import ServerProcess
+    >>> from danlu.serve.launch import ServerProcess, WorkerProcess
     >>> with ServerProcess("runs/demo/best.pt", ["--max-batch", "8"]) as srv:  # doctest: +SKIP
     ...     httpx.post(srv.url + "/v1/detect", files={"image": open("a.jpg", "rb")})
+    >>> url = "redis://127.0.0.1:6379/0"
+    >>> with ServerProcess("best.pt", ["--redis", url]) as web:  # doctest: +SKIP
+    ...     with WorkerProcess("best.pt", url) as worker:
+    ...         httpx.post(web.url + "/v1/detect", files={"image": open("a.jpg", "rb")})
 """
 
 from __future__ import annotations
@@ -23,28 +28,19 @@ from danlu.errors import ServeError
 
 #: the line a server prints on stderr once it answers requests
 READY = re.compile(r"danlu serve: ready on (http://\S+)")
+#: the line a worker prints on stderr once it reads jobs (its name)
+WORKER_READY = re.compile(r"danlu worker (\S+): ready")
 
 
-class ServerProcess:
-    """``python -m danlu serve MODEL --port 0 OPTIONS...`` as a child process.
+class _Child:
+    """A ``python -m danlu ...`` child process that prints a ready line on stderr."""
 
-    Args:
-        model: what ``danlu serve`` takes as MODEL.
-        options: more command-line options (``--port`` is 0 unless given: a free port).
-        env: extra environment variables for the child.
-        ready_timeout_s: how long to wait for the ready line before giving up.
+    ready_line = READY
+    what = "danlu serve"
 
-    Attributes:
-        url: ``http://127.0.0.1:PORT`` once started.
-        proc: the :class:`subprocess.Popen`.
-        lines: every stderr line the server printed so far.
-    """
-
-    def __init__(self, model: str | Path, options: Sequence[str] = (), *,
-                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0) -> None:
-        self.args = [sys.executable, "-m", "danlu", "serve", str(model), *options]
-        if "--port" not in options:
-            self.args += ["--port", "0"]
+    def __init__(self, args: list[str], env: dict[str, str] | None,
+                 ready_timeout_s: float) -> None:
+        self.args = args
         self.env = {**os.environ, **(env or {})}
         self.ready_timeout_s = ready_timeout_s
         self.url = ""
@@ -52,7 +48,7 @@ class ServerProcess:
         self.proc: subprocess.Popen[str] | None = None
         self._ready = threading.Event()
 
-    def start(self) -> ServerProcess:
+    def start(self) -> _Child:
         self.proc = subprocess.Popen(self.args, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True, env=self.env)
         threading.Thread(target=self._read_stderr, daemon=True).start()
@@ -61,7 +57,7 @@ class ServerProcess:
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
                 tail = "".join(self.lines[-20:])
-                raise ServeError(f"danlu serve did not become ready "
+                raise ServeError(f"{self.what} did not become ready "
                                  f"(exit {self.proc.returncode}):\n{tail}")
         return self
 
@@ -69,7 +65,7 @@ class ServerProcess:
         assert self.proc is not None and self.proc.stderr is not None
         for line in self.proc.stderr:
             self.lines.append(line)
-            m = READY.search(line)
+            m = self.ready_line.search(line)
             if m and not self._ready.is_set():
                 self.url = m.group(1)
                 self._ready.set()
@@ -87,7 +83,15 @@ class ServerProcess:
                 self.proc.wait()
         return self.proc.returncode
 
-    def __enter__(self) -> ServerProcess:
+    def kill(self) -> int | None:
+        """SIGKILL (a crash: nothing is finished or handed back); returns the exit status."""
+        return self.stop(signal.SIGKILL)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def __enter__(self) -> _Child:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -95,4 +99,55 @@ class ServerProcess:
         self.stop()
 
 
-__all__ = ["ServerProcess", "READY"]
+class ServerProcess(_Child):
+    """``python -m danlu serve MODEL --port 0 OPTIONS...`` as a child process.
+
+    Args:
+        model: what ``danlu serve`` takes as MODEL.
+        options: more command-line options (``--port`` is 0 unless given: a free port).
+        env: extra environment variables for the child.
+        ready_timeout_s: how long to wait for the ready line before giving up.
+
+    Attributes:
+        url: ``http://127.0.0.1:PORT`` once started.
+        proc: the :class:`subprocess.Popen`.
+        lines: every stderr line the server printed so far.
+    """
+
+    def __init__(self, model: str | Path, options: Sequence[str] = (), *,
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0) -> None:
+        args = [sys.executable, "-m", "danlu", "serve", str(model), *options]
+        if "--port" not in options:
+            args += ["--port", "0"]
+        super().__init__(args, env, ready_timeout_s)
+
+
+class WorkerProcess(_Child):
+    """``python -m danlu worker MODEL --redis URL OPTIONS...`` as a child process.
+
+    Args:
+        model: what ``danlu worker`` takes as MODEL.
+        redis_url: the Redis (``--redis``).
+        options: more command-line options (``--name``, ``--redis-prefix``...).
+        env: extra environment variables (``DANLU_WORKER_FAULTS`` for the test-only faults).
+        ready_timeout_s: how long to wait for the ready line before giving up.
+
+    Attributes:
+        name: the worker's name (its consumer name), once started.
+        proc: the :class:`subprocess.Popen`; lines: its stderr so far.
+    """
+
+    ready_line = WORKER_READY
+    what = "danlu worker"
+
+    def __init__(self, model: str | Path, redis_url: str, options: Sequence[str] = (), *,
+                 env: dict[str, str] | None = None, ready_timeout_s: float = 180.0) -> None:
+        super().__init__([sys.executable, "-m", "danlu", "worker", str(model), "--redis",
+                          redis_url, *options], env, ready_timeout_s)
+
+    @property
+    def name(self) -> str:
+        return self.url  # the ready line's capture: the name
+
+
+__all__ = ["ServerProcess", "WorkerProcess", "READY", "WORKER_READY"]

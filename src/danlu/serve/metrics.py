@@ -4,6 +4,10 @@ With one worker the metrics live in a private registry. With ``--workers N`` the
 sets ``PROMETHEUS_MULTIPROC_DIR`` to a fresh folder before the workers start; prometheus-client
 then keeps every worker's values in files there, and ``/metrics`` (whichever worker answers)
 sums them: counters and histograms add up, the queue gauges are summed over live workers.
+
+Over Redis (``danlu serve --redis``) :func:`redis_metrics_text` adds the queue's own state,
+read from Redis at scrape time: the backlog, the pending jobs, the live workers and the
+counters the workers keep there (``danlu_redis_*``).
 """
 
 from __future__ import annotations
@@ -71,6 +75,52 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+#: the counters workers HINCRBY in ``P:stats``, and what each counts
+REDIS_COUNTERS = {
+    "replies": "jobs answered (each once: the done marker)",
+    "duplicates": "answers not written because the job was answered already",
+    "reclaimed": "jobs taken over from a worker that stopped answering (XAUTOCLAIM)",
+    "dead_lettered": "jobs moved to the dead-letter stream (the model raised, or too many "
+                     "deliveries)",
+    "expired": "jobs whose deadline had passed before a worker reached them",
+    "batch_images": "images in the workers' model calls",
+}
+
+
+def redis_metrics_text(state: dict[str, Any] | None) -> bytes:
+    """Prometheus text of the Redis queue (``state`` from the web side's dispatcher: backlog,
+    pending, workers, stats; None when Redis cannot be read: only ``danlu_redis_up 0``)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    families: list[Any] = [GaugeMetricFamily("danlu_redis_up", "1 while Redis answers",
+                                             value=0 if state is None else 1)]
+    if state is not None:
+        stats = state.get("stats", {})
+        for name, value, text in (
+                ("backlog", state["backlog"], "jobs not yet done (XLEN of the job stream)"),
+                ("pending", state.get("pending", 0), "jobs a worker holds, not yet answered"),
+                ("workers", len(state["workers"]), "workers alive (fresh heartbeat)")):
+            families.append(GaugeMetricFamily(f"danlu_redis_{name}", text, value=value))
+        for name, text in REDIS_COUNTERS.items():
+            families.append(CounterMetricFamily(f"danlu_redis_{name}", text,
+                                                value=stats.get(name, 0)))
+        batches = CounterMetricFamily("danlu_redis_batches", "the workers' model calls by "
+                                      "dispatch reason", labels=["reason"])
+        for key, value in sorted(stats.items()):
+            if key.startswith("batches:"):
+                batches.add_metric([key.partition(":")[2]], value)
+        families.append(batches)
+
+    class _Snapshot:
+        def collect(self) -> list[Any]:
+            return families
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Snapshot())
+    return generate_latest(registry)
+
+
 def worker_exited(pid: int) -> None:
     """Forget a dead worker's live gauges (multi-process mode)."""
     if os.environ.get(MULTIPROC_ENV):
@@ -79,4 +129,4 @@ def worker_exited(pid: int) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-__all__ = ["Metrics", "MULTIPROC_ENV", "worker_exited"]
+__all__ = ["Metrics", "MULTIPROC_ENV", "worker_exited", "redis_metrics_text", "REDIS_COUNTERS"]
