@@ -102,13 +102,16 @@ def test_old_flag_names_still_work_with_a_note(tmp_path):
 #: commands whose example is not run here, and why
 NOT_RUN = {"train": "trains for minutes (the fixture trains a short run in its place)",
            "serve": "starts a server (the README walk runs one)",
+           "worker": "runs until stopped and needs a Redis (tests/test_serve_redis.py runs one)",
            "demo": "trains for minutes (make demo runs it)",
-           "bench": "measures for minutes (danlu bench is its own command)"}
+           "bench": "measures for minutes (danlu bench is its own command)",
+           "runs control": "steers a running run (tests/test_monitor_runs.py does)"}
 
 #: the order a new user would run the examples in: data first, then a model, then the rest
 ORDER = ["data synth", "data split", "data stats", "data convert", "data show", "data tile",
          "data crop", "data drop-labels", "data filter-small", "data whitebalance",
-         "data pack", "predict", "eval", "export", "pseudo-label", "doctor"]
+         "data pack", "predict", "runs list", "runs show", "eval", "export", "pseudo-label",
+         "doctor"]
 
 
 def test_every_example_runs_against_synth_output(tmp_path):
@@ -128,7 +131,8 @@ def test_every_example_runs_against_synth_output(tmp_path):
         for line in by_command[name]:
             args = shlex.split(line, comments=True)
             for before, arg in zip(args[1:], args[2:], strict=False):
-                if "/" in arg and before != "--out" and not arg.startswith(("http", "-")):
+                if "/" in arg and before != "--out" and \
+                        not arg.startswith(("http", "-", "redis://")):
                     assert (tmp_path / arg).exists(), f"{line}: {arg}"
 
 

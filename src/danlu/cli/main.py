@@ -18,11 +18,13 @@ from danlu.cli._common import console, set_quiet
 from danlu.errors import DanluError
 
 #: command name -> the module of :mod:`danlu.cli` that registers it, in ``--help`` order.
-COMMANDS = {"doctor": "doctor", "data": "data", "train": "train",
+COMMANDS = {"doctor": "doctor", "data": "data", "train": "train", "runs": "runs",
             "pseudo-label": "pseudo_label", "predict": "predict", "export": "export",
-            "serve": "serve",
+            "serve": "serve", "worker": "worker",
             "demo": "demo", "eval": "eval", "bench": "bench"}
 _GLOBAL_FLAGS = ("--debug", "--quiet", "-q")
+#: options whose value may be left out, and the value they then take (click has no such kind)
+OPTIONAL_VALUES = {"--monitor": "0"}
 
 app = typer.Typer(
     name="danlu",
@@ -160,8 +162,27 @@ def hoist_global_flags(args: list[str]) -> list[str]:
     return flags + [a for a in args[:end] if a not in _GLOBAL_FLAGS] + args[end:]
 
 
+def fill_optional_values(args: list[str]) -> list[str]:
+    """Give an option of :data:`OPTIONAL_VALUES` written without a value (last, or before
+    another option) its default value: ``train --monitor --data d`` is ``--monitor 0``.
+
+    Example:
+        >>> fill_optional_values(["train", "--monitor", "--data", "d"])
+        ['train', '--monitor', '0', '--data', 'd']
+        >>> fill_optional_values(["train", "--monitor", "8080"])
+        ['train', '--monitor', '8080']
+    """
+    end = args.index("--") if "--" in args else len(args)
+    out: list[str] = []
+    for i, a in enumerate(args):
+        out.append(a)
+        if i < end and a in OPTIONAL_VALUES and (i + 1 >= end or args[i + 1].startswith("-")):
+            out.append(OPTIONAL_VALUES[a])
+    return out
+
+
 def _run(args: list[str]) -> int:
-    args = hoist_global_flags(args)
+    args = fill_optional_values(hoist_global_flags(args))
     debug = "--debug" in args
     command = _command(args)
     try:

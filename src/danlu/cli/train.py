@@ -154,6 +154,37 @@ def register(app: typer.Typer) -> None:
                                          "(--batch is the global batch)."),
         sync_bn: bool = typer.Option(_D.sync_bn, "--sync-bn/--no-sync-bn",
                                      help="DDP on CUDA: synchronise BatchNorm."),
+        monitor: str = typer.Option(None, "--monitor", metavar="[PORT]", help="Serve a live "
+                                    "page of the run and its control API on this port (no "
+                                    "value or 0: a free one); the URL is printed on stderr."),
+        monitor_host: str = typer.Option("127.0.0.1", "--monitor-host", help="Address the "
+                                         "monitor listens on; any but a loopback address "
+                                         "needs --monitor-token."),
+        monitor_token: str = typer.Option(None, "--monitor-token", envvar="DANLU_MONITOR_TOKEN",
+                                          show_envvar=False, help="Bearer token the monitor's "
+                                          "page and API ask for (default: "
+                                          "$DANLU_MONITOR_TOKEN)."),
+        chat: str = typer.Option(None, "--chat", help="Steer the run from a chat: telegram "
+                                 "(token in $DANLU_TELEGRAM_TOKEN) or slack "
+                                 "($DANLU_SLACK_TOKEN)."),
+        chat_allow: list[str] = typer.Option(None, "--chat-allow", help="A chat or user id "
+                                             "whose commands are accepted (repeatable); any "
+                                             "other is refused and logged."),
+        chat_token_file: Path = typer.Option(None, "--chat-token-file", help="Read the chat "
+                                             "bot's token from this file."),
+        chat_api: str = typer.Option(None, "--chat-api", help="Base URL of the chat service's "
+                                     "API (default: the public one)."),
+        notify: list[str] = typer.Option(None, "--notify", help="Post start, progress, new "
+                                         "best, NaN, end and crash to [KIND:]URL (repeatable; "
+                                         "KIND json, slack, discord, telegram, ntfy, "
+                                         "dingtalk, wecom or feishu; default: from the "
+                                         "host)."),
+        notify_every: str = typer.Option(None, "--notify-every", help="Also post progress "
+                                         "every N epochs, or every N minutes with Nm."),
+        notify_secrets: Path = typer.Option(None, "--notify-secrets", help="File of NAME=value "
+                                            "lines (DANLU_DINGTALK_SECRET, "
+                                            "DANLU_FEISHU_SECRET, DANLU_NTFY_TOKEN ...) read "
+                                            "besides the environment."),
         config: Path = typer.Option(None, "--config", help="YAML file of these options."),
         exist_ok: bool = typer.Option(False, "--exist-ok", help="Reuse an existing run "
                                       "folder (its run files are replaced)."),
@@ -162,15 +193,18 @@ def register(app: typer.Typer) -> None:
         """Train a detector on a dataset folder (any format) or a pack.
 
         The run lands in PROJECT/NAME (config.yaml, results.csv, last.pt, best.pt, plots/,
-        eval/, history.jsonl, TensorBoard events).
+        eval/, history.jsonl, TensorBoard events). --monitor serves a live page to watch and
+        steer it, --chat takes commands from Telegram or Slack, --notify posts its events
+        (see docs/monitor.md); danlu runs control steers it from another shell.
 
         Example: danlu train --data shapes --model fcos-tiny --epochs 10 --name shapes
         """
         from danlu.train.api import train
 
+        monitor_options = {k: v for k, v in locals().items() if k in MONITOR_OPTIONS}
         values = {k: v for k, v in locals().items()
                   if k not in ("ctx", "config", "exist_ok", "as_json", "train",
-                               "data_format_old")}
+                               "data_format_old", "monitor_options", *MONITOR_OPTIONS)}
         given = _explicit(ctx, values)
         if data_format_old is not None:
             given["data_format"] = _common.renamed_option(data_format, data_format_old,
@@ -179,29 +213,63 @@ def register(app: typer.Typer) -> None:
             given["img_size"] = _img_size(given["img_size"])
         if "step_milestones" in given:
             given["step_milestones"] = _floats(given["step_milestones"], "--step-milestones")
-        run_kwargs = {"progress": show_progress(), "verbose": not _common._quiet["on"]}
-        if resume:
-            given.pop("resume")
-            result = train(resume=resume, **given, **run_kwargs)
-        else:
-            file_values = load_yaml(config) if config is not None else {}
-            if given.get("time") and "epochs" not in given and "epochs" not in file_values:
-                # a time budget alone trains for the budget, not for the default 10 epochs
-                given["epochs"] = TIME_ONLY_EPOCHS
-                info(f"--time {given['time']:g} without --epochs: training until the budget "
-                     "is spent")
-            cfg = TrainConfig.from_dict(file_values, source=str(config)).merged(given) \
-                if config is not None else TrainConfig.from_dict(given, source="options")
-            if not cfg.data:
-                from danlu.errors import ConfigError
-
-                raise ConfigError("no training data", hint="pass --data PATH (or data: in "
-                                  "--config)")
-            result = train(config=cfg, exist_ok=exist_ok, **run_kwargs)
+        run_kwargs: dict[str, Any] = {"progress": show_progress(),
+                                      "verbose": not _common._quiet["on"]}
+        monitor_cb = _start_monitor(monitor_options)
+        if monitor_cb is not None:
+            run_kwargs["callbacks"] = [monitor_cb]
+        try:
+            result = _run(train, resume, given, config, exist_ok, run_kwargs)
+        finally:
+            if monitor_cb is not None:
+                monitor_cb.close()
         if as_json:
             print_json(result.to_dict())
         else:
             _where_it_went(result)
+
+
+#: the options of danlu train that configure the monitor, not the training
+MONITOR_OPTIONS = ("monitor", "monitor_host", "monitor_token", "chat", "chat_allow",
+                   "chat_token_file", "chat_api", "notify", "notify_every", "notify_secrets")
+
+
+def _start_monitor(options: dict[str, Any]) -> Any:
+    """The run's :class:`~danlu.monitor.Monitor` (None without monitor options), listening
+    before training starts, its address on stderr."""
+    import sys
+
+    from danlu.monitor.options import build_monitor
+
+    mon = build_monitor(**options)
+    if mon is None:
+        return None
+    mon.start()
+    if mon.url:  # also with --quiet: the user asked for it
+        print(f"monitor: {mon.url}", file=sys.stderr, flush=True)
+    return mon
+
+
+def _run(train: Any, resume: str | None, given: dict[str, Any], config: Path | None,
+         exist_ok: bool, run_kwargs: dict[str, Any]) -> Any:
+    """Resume, or start a run from the options (and the YAML file of them)."""
+    if resume:
+        given.pop("resume")
+        return train(resume=resume, **given, **run_kwargs)
+    file_values = load_yaml(config) if config is not None else {}
+    if given.get("time") and "epochs" not in given and "epochs" not in file_values:
+        # a time budget alone trains for the budget, not for the default 10 epochs
+        given["epochs"] = TIME_ONLY_EPOCHS
+        info(f"--time {given['time']:g} without --epochs: training until the budget "
+             "is spent")
+    cfg = TrainConfig.from_dict(file_values, source=str(config)).merged(given) \
+        if config is not None else TrainConfig.from_dict(given, source="options")
+    if not cfg.data:
+        from danlu.errors import ConfigError
+
+        raise ConfigError("no training data", hint="pass --data PATH (or data: in "
+                          "--config)")
+    return train(config=cfg, exist_ok=exist_ok, **run_kwargs)
 
 
 #: the epochs cap of a run given ``--time`` but no ``--epochs`` (the budget ends it first)

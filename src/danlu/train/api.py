@@ -32,7 +32,8 @@ RESUME_OVERRIDABLE = frozenset({"device", "workers", "epochs", "time", "patience
                                 "val", "resume", "final_eval", "plots", "data_format",
                                 "distributed", "max_steps", "strict", "skip_invalid",
                                 "image_dir"})
-_RUN_FILES = ("last.pt", "best.pt", "results.csv", "history.jsonl", "config.yaml")
+_RUN_FILES = ("last.pt", "best.pt", "results.csv", "history.jsonl", "config.yaml",
+              "status.json", "control.jsonl", "monitor.json")
 
 
 def _load(data: Any, fmt: str | None, what: str, skip_invalid: bool = False,

@@ -56,6 +56,11 @@ class Callback:
     def on_train_end(self, trainer: Trainer, result: TrainResult) -> None:
         """After the final evaluation."""
 
+    def on_event(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        """After rank 0 wrote a line of ``history.jsonl`` (``record["event"]`` names it:
+        ``start``, ``control``, ``checkpoint``, ``best``, ``nonfinite_loss``, ``error``,
+        ``end`` ...). Must not call ``trainer.event`` itself."""
+
     def state_dict(self) -> dict[str, Any] | None:
         """Resumable state (checkpoint-safe values), or None."""
         return None

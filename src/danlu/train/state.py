@@ -36,7 +36,7 @@ class ResumableState:
             "total_epochs": self.total_epochs, "elapsed": self.elapsed_now(),
             "best_fitness": self.best_fitness,
             "epoch_losses": dict(self.epoch_losses), "epoch_batches": self.epoch_batches,
-            "lr": self.lr, "rng": rng_state(),
+            "lr": self.lr, "eval_every": self.eval_every, "rng": rng_state(),
             "callbacks": {key: cb.state_dict() for key, cb in
                           zip(state_keys(self.callbacks), self.callbacks, strict=True)
                           if cb.state_dict() is not None},
@@ -68,6 +68,7 @@ class ResumableState:
         self.epoch_losses = dict(st.get("epoch_losses", {}))
         self.epoch_batches = int(st.get("epoch_batches", 0))
         self.lr = float(st.get("lr", 0.0))
+        self.eval_every = int(st.get("eval_every", self.config.eval_every))
         self.metrics = dict(ckpt.get("metrics", {}))
         set_rng_state(st["rng"])
         saved = st.get("callbacks", {})

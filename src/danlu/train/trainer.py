@@ -6,8 +6,9 @@ callbacks. What a later feature needs to change is a method or a callback, not a
 
 * **callbacks** (:class:`~danlu.train.callbacks.Callback`): ``on_train_start``,
   ``on_epoch_start``, ``on_step``, ``on_epoch_end``, ``on_eval``, ``on_checkpoint``,
-  ``on_train_end``; a callback stops training with :meth:`Trainer.request_stop` and keeps
-  resumable state through ``state_dict`` / ``load_state_dict`` (saved in ``last.pt``);
+  ``on_train_end``, ``on_event``; a callback stops training with
+  :meth:`Trainer.request_stop` and keeps resumable state through ``state_dict`` /
+  ``load_state_dict`` (saved in ``last.pt``);
 * **the loss** — :meth:`Trainer.compute_loss` (or ``loss_fn=``) gets the device batch and returns
   a dict of named loss tensors; hard-example mining or missing-label remedies replace it;
 * **the batch** — :meth:`Trainer.preprocess` (device move, augmentation) and
@@ -17,7 +18,9 @@ callbacks. What a later feature needs to change is a method or a callback, not a
 * **judging** — :meth:`Trainer.build_validator` (the protocol follows the data: DOTA for
   oriented boxes, else COCO; ``val_protocol`` overrides) and :meth:`Trainer.build_best_rule`
   (which number makes ``best.pt``; ``best_metric`` / ``best_mode``);
-* **planning** — :meth:`Trainer.replan` changes the run's length (the time budget uses it).
+* **planning** — :meth:`Trainer.replan` changes the run's length (the time budget uses it);
+* **control** — ``trainer.control`` (:class:`~danlu.train.control.RunControl`) applies stop,
+  pause, resume, save and ``set lr`` / ``eval_every`` commands between two steps.
 
 Exact resume: the batch order depends only on ``(seed, epoch)``, augmentation draws from a
 generator seeded by ``(seed, step)``, and ``last.pt`` stores model, EMA, optimizer, scheduler,
@@ -48,6 +51,7 @@ from danlu.train.checkpoint import (
     save_checkpoint,
 )
 from danlu.train.config import TrainConfig
+from danlu.train.control import RunControl
 from danlu.train.data import EpochBatchSampler, make_loader
 from danlu.train.ema import ModelEMA
 from danlu.train.runtime import algorithms, keep_torch_threads, seed_everything
@@ -162,6 +166,9 @@ class Trainer(TrainerSeams, ResumableState):
         self.validator = self.build_validator()
         self.best_rule = self.build_best_rule()
         self.stop_reason: str | None = None
+        self.finish_epoch = True  # False: a stop leaves mid-epoch, with last.pt written there
+        self.eval_every = config.eval_every  # a control command may change it
+        self.control = RunControl()
         self.metrics: dict[str, Any] = {}
         self.last_eval: Any = None
         self.epoch_losses: dict[str, float] = {}
@@ -189,11 +196,13 @@ class Trainer(TrainerSeams, ResumableState):
         with open(self.run_dir / "history.jsonl", "ab") as f:
             f.write(orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY
                                  | orjson.OPT_NON_STR_KEYS) + b"\n")
+        self._call("on_event", record)
 
-    def request_stop(self, reason: str) -> None:
-        """Stop after the current step (the epoch is then evaluated and saved)."""
+    def request_stop(self, reason: str, *, finish_epoch: bool = True) -> None:
+        """Stop after the current step: the epoch is then evaluated and saved, or, with
+        ``finish_epoch=False``, ``last.pt`` is written mid-epoch (a resume continues there)."""
         if self.stop_reason is None:
-            self.stop_reason = reason
+            self.stop_reason, self.finish_epoch = reason, finish_epoch
             self.event("stop_requested", reason=reason)
 
     def _call(self, hook: str, *args: Any) -> None:
@@ -203,6 +212,10 @@ class Trainer(TrainerSeams, ResumableState):
     def elapsed_now(self) -> float:
         """Training seconds so far, resumed sessions included."""
         return self._elapsed_at_start + (time.monotonic() - self._session_start)
+
+    def discount_time(self, seconds: float) -> None:
+        """``seconds`` that were not training (a pause): :meth:`elapsed_now` leaves them out."""
+        self._session_start += seconds
 
     # -- set-up and resume ------------------------------------------------------------------
     def setup(self) -> None:
@@ -297,16 +310,17 @@ class Trainer(TrainerSeams, ResumableState):
         return all_reduce_mean(logs)
 
     def sync_control(self) -> None:
-        """Make rank 0's decisions everyone's: stop reason, epochs planned, schedule length
-        and best fitness (no-op in a single process)."""
+        """Make rank 0's decisions everyone's: stop reason (and whether the epoch is
+        finished), epochs planned, schedule length and best fitness (no-op in one process)."""
         if self.world_size <= 1:
             return
         from danlu.train.distributed import broadcast_object
 
         total_steps = self.schedule.total_steps if self.schedule is not None else None
-        state = broadcast_object((self.stop_reason, self.total_epochs, total_steps,
-                                  self.best_fitness))
-        self.stop_reason, self.total_epochs, total_steps, self.best_fitness = state
+        state = broadcast_object((self.stop_reason, self.finish_epoch, self.total_epochs,
+                                  total_steps, self.best_fitness))
+        (self.stop_reason, self.finish_epoch, self.total_epochs, total_steps,
+         self.best_fitness) = state
         if self.schedule is not None and total_steps is not None:
             self.schedule.total_steps = total_steps
 
@@ -341,6 +355,7 @@ class Trainer(TrainerSeams, ResumableState):
                     self.epoch_losses[k] = self.epoch_losses.get(k, 0.0) + v
             logs["lr"] = self.lr
             self._call("on_step", logs)
+            self.control.after_step(self)  # stop, pause, save, set lr / eval_every
             if cfg.save_every_steps and self.step % cfg.save_every_steps == 0:
                 self.save_last()
             if cfg.max_steps and self.step >= cfg.max_steps:
@@ -375,11 +390,10 @@ class Trainer(TrainerSeams, ResumableState):
         return names if self.best_rule.metric in names else (*names, self.best_rule.metric)
 
     def end_epoch(self, epoch_start: float) -> None:
-        cfg = self.config
         last_epoch = self.epoch + 1 >= self.total_epochs or self.stop_reason is not None
         metrics: dict[str, Any] = {}
         val_start = time.monotonic()
-        if (self.epoch + 1) % cfg.eval_every == 0 or last_epoch:
+        if (self.epoch + 1) % self.eval_every == 0 or last_epoch:
             metrics = self.validate()
         val_time = time.monotonic() - val_start
         self.evaluated, self.improved = bool(metrics), False
@@ -424,6 +438,8 @@ class Trainer(TrainerSeams, ResumableState):
             except Exception as e:
                 self.event("error", error=f"{type(e).__name__}: {e}")
                 raise
+            finally:
+                self.control.close(self)
 
     def _fit(self) -> TrainResult:
         self.setup()
@@ -432,17 +448,22 @@ class Trainer(TrainerSeams, ResumableState):
         if self.resume_from is None:
             self.event("start", config=self.config.to_dict(), device=str(self.device),
                        model_config=self.model_config)
+        self.control.begin(self)
         self._call("on_train_start")
         while self.epoch < self.total_epochs and self.stop_reason is None:
             epoch_start = time.monotonic()
             self.train_epoch()
+            if self.stop_reason is not None and not self.finish_epoch:
+                self.save_last()  # mid-epoch: a resume continues from this very step
+                break
             self.end_epoch(epoch_start)
         reason = self.stop_reason or "completed"
         if not self.best_path.exists():
             self.save_best()
         result = TrainResult(self.run_dir, self.best_path, self.last_path, {}, self.epoch,
                              self.step, reason, self.best_fitness, len(self.skipped_images))
-        if self.config.final_eval and self.val_data is not None and self.is_main:
+        if (self.config.final_eval and self.val_data is not None and self.is_main
+                and self.finish_epoch):
             result.metrics = self.final_evaluation()
         if self.world_size > 1:
             from danlu.train.distributed import broadcast_object
@@ -464,7 +485,6 @@ class Trainer(TrainerSeams, ResumableState):
                                       protocol=self.val_protocol)
         self.last_eval = result
         return {k: float(v) for k, v in result.metrics.items()}
-
 
     def close(self) -> None:
         """Drop the model wrapper, optimizer and data loader (a DDP wrapper holds the process
