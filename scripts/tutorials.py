@@ -15,8 +15,9 @@ The page format (plain Markdown; the markers are HTML comments, invisible on the
 * ``<!-- image: PATH -->`` on the line before ``![alt](img/NAME.png)``: the step above wrote
   PATH (relative to the scratch folder); ``--record`` copies it to img/NAME.png, at most 900 px
   wide (``<!-- image: PATH x2 -->`` first enlarges a small picture 2 times, pixel for pixel).
-  PATH may be a glob (``report/gallery/00_*.png``): the first match, by name, is taken.
-  Without ``--record`` the run only checks that PATH was written.
+  PATH may be a glob (``report/gallery/00_*.png``): the first match, by name, is taken. A
+  picture over 200 KB as a PNG is stored with 256 colours. Without ``--record`` the run only
+  checks that PATH was written.
 
 As in scripts/readme_walk.py, a server a block starts listens on a free loopback port in place
 of the page's ``8000`` (one port per page, so later blocks reach it); what the blocks leave
@@ -237,7 +238,7 @@ for src, dst, zoom in json.loads(sys.argv[1]):
         im = im.resize(({MAX_WIDTH}, round(im.height * {MAX_WIDTH} / im.width)), Image.LANCZOS)
     im.save(dst, "PNG", optimize=True)
     if os.path.getsize(dst) > {SMALL} and im.mode == "RGB":  # noisy pictures: 256 colours
-        im.quantize(256, dither=Image.Dither.FLOYDSTEINBERG).save(dst, "PNG", optimize=True)
+        im.quantize(256, method=Image.Quantize.FASTOCTREE).save(dst, "PNG", optimize=True)
 """
     subprocess.run([env["TUTORIAL_PYTHON"], "-c", code,
                     json.dumps([[str(s), str(d), z] for s, d, z in pictures])],
@@ -268,8 +269,11 @@ def run_page(page: Page, scratch: Path, record: bool) -> tuple[bool, float]:
             with log.open("w") as out:
                 proc = subprocess.Popen(cmd, cwd=scratch, env=env, stdout=out,
                                         stderr=subprocess.STDOUT, start_new_session=True)
-                groups.append(proc.pid)
-                rc = proc.wait()
+                try:
+                    rc = proc.wait()
+                finally:
+                    if _group_alive(proc.pid):  # it left something running (a server)
+                        groups.append(proc.pid)
             seconds = time.perf_counter() - t0
             first = code.strip().splitlines()[0] if code.strip() else ""
             print(f"{name}: block {i + 1}/{len(page.blocks)} ({block.lang}, line {block.line}) "
