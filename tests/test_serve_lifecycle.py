@@ -48,7 +48,7 @@ def hold(url: str, big_png: bytes, results: list, headers: dict | None = None
     def go() -> None:
         r = httpx.post(url + "/v1/detect", params={"slice": 64, "score_threshold": 0.1},
                        content=big_png, headers={"content-type": "image/png", **(headers or {})},
-                       timeout=120)
+                       timeout=600)  # as the servers' --timeout-s: load must not decide
         results.append(r)
 
     t = threading.Thread(target=go, daemon=True)
@@ -118,7 +118,7 @@ def test_full_queue_answers_503_and_a_gone_client_is_dropped(ckpt, big_png):
         assert int(r.headers["retry-after"]) >= 1
         waiting.close()  # the client gives up while queued
         wait_metric(u, "danlu_rejected_total", 1, reason="client_closed")
-        t.join(120)
+        t.join(600)
         assert results and results[0].status_code == 200
         text = httpx.get(u + "/metrics").text
         assert metric(text, "danlu_batch_size_count") == 0  # the dropped request never ran
@@ -131,7 +131,7 @@ def test_deadline_answers_504_with_the_stage(ckpt, big_png):
     with ServerProcess(ckpt, ["--timeout-s", "0.3"]) as srv:
         results: list = []
         t = hold(srv.url, big_png, results)  # itself past the deadline, in the model
-        t.join(120)
+        t.join(600)
         r = results[0]
         assert r.status_code == 504
         assert r.json()["error"]["code"] == "deadline"
@@ -157,7 +157,7 @@ def test_sigterm_drains_then_exits_0(ckpt, big_png):
         r = httpx.post(u + "/v1/detect", content=encode(scene()), headers=JPEG)
         assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
         assert httpx.get(u + "/healthz").status_code == 200
-        t.join(120)
+        t.join(600)
         assert results[0].status_code == 200  # the request in flight finished
         assert srv.proc.wait(120) == 0
     finally:

@@ -44,6 +44,7 @@ from danlu.serve.engine import DetectOptions, Outcome, Prepared
 from danlu.serve.metrics import Metrics
 from danlu.serve.problems import RequestProblem
 from danlu.serve.ray_replica import (  # build_app: a RayService's import_path may name it here
+    APP_NAME,
     DEPLOYMENT,
     ProblemDoc,
     RayOptions,
@@ -270,4 +271,5 @@ def lost(error: BaseException) -> bool:
     return any(c.__name__ in _LOST for c in type(error).__mro__)
 
 
-__all__ = ["RayDispatcher", "RayOptions", "backend_unavailable", "build_app", "lost"]
+__all__ = ["RayDispatcher", "RayOptions", "backend_unavailable", "build_app", "lost",
+           "APP_NAME"]
