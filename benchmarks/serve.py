@@ -86,9 +86,11 @@ the workers, Redis and the load generator all on this machine's cores):
   see the same machine at the same moments; the goal: the Redis path's p50 at most 3 ms over
   the in-process one (the median of the paired differences is in the note);
 * **throughput**: closed loop at 16 and 64 clients (``--quick``: 4) against the in-process
-  batcher, the Redis path with one worker, then with two workers (each with one torch
-  thread, ``OMP_NUM_THREADS=1``: two workers of two threads on two cores would fight over
-  them), every worker ``--max-batch 16 --max-wait-ms 5 --device cpu``.
+  batcher and the Redis path with one worker (both with torch's default threads, 2 here),
+  then the Redis path with one and with two workers of one torch thread each
+  (``OMP_NUM_THREADS=1``: two workers of two threads on two cores would fight over them; the
+  one-thread single worker makes 1 vs 2 workers a like-for-like pair), every worker
+  ``--max-batch 16 --max-wait-ms 5 --device cpu``.
 """
 
 from __future__ import annotations
@@ -441,8 +443,9 @@ REDIS = "ours over Redis"
 REDIS_ADDED_P50_S = 0.003
 
 
-def redis_name(workers: int) -> str:
-    return f"{REDIS} ({workers} worker{'s' if workers > 1 else ''})"
+def redis_name(workers: int, threads: int | None = None) -> str:
+    each = "" if threads is None else f", {threads} torch thread{'s' if threads > 1 else ''} each"
+    return f"{REDIS} ({workers} worker{'s' if workers > 1 else ''}{each})"
 
 
 @contextlib.contextmanager
@@ -505,13 +508,16 @@ def redis_rows(ckpt: Path, bodies: list[bytes], quick: bool) -> list[LoadRow]:
             out += closed_rows(case, redis_name(1), b, bodies, quick, busy)
             return out
 
-    def second() -> list[LoadRow]:
-        _say("the Redis path, 2 workers: starting")
-        with redis_fleet(ckpt, 2, threads=1) as remote:
-            return closed_rows(case, redis_name(2), remote + "/v1/detect", bodies, quick,
-                               busy, note="2 workers, 1 torch thread each")
+    def one_thread(workers: int) -> list[LoadRow]:
+        _say(f"the Redis path, {workers} worker(s) of 1 torch thread: starting")
+        with redis_fleet(ckpt, workers, threads=1) as remote:
+            return closed_rows(case, redis_name(workers, 1), remote + "/v1/detect", bodies,
+                               quick, busy)
 
-    return _guarded(paired, REDIS, first) + _guarded(case, redis_name(2), second)
+    rows = _guarded(paired, REDIS, first)
+    for n in (1, 2):
+        rows += _guarded(case, redis_name(n, 1), lambda n=n: one_thread(n))
+    return rows
 
 
 def redis_goal_rows(rows: list[LoadRow]) -> list[GoalRow]:
@@ -525,7 +531,10 @@ def redis_goal_rows(rows: list[LoadRow]) -> list[GoalRow]:
         at = {r.server: r.rps for r in busy if r.concurrency == c}
         if OURS in at:
             ratios += [f"{n} at {c} clients: {at[n] / at[OURS]:.2f}x in-process"
-                       for n in (redis_name(1), redis_name(2)) if n in at]
+                       for n in (redis_name(1), redis_name(1, 1), redis_name(2, 1)) if n in at]
+        if redis_name(1, 1) in at and redis_name(2, 1) in at:
+            ratios.append(f"2 workers / 1 worker (1 thread each) at {c} clients: "
+                          f"{at[redis_name(2, 1)] / at[redis_name(1, 1)]:.2f}x")
     if mine is None or local is None:
         why = [r.skipped for r in rows if r.skipped]
         return [GoalRow(g, "-", "-", False, why[0] if why else "did not run")]

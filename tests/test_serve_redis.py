@@ -328,3 +328,62 @@ def test_more_concurrent_requests_than_pooled_connections(client, web):
         return [r.status_code for r in rs]
 
     assert asyncio.run(main()) == [200] * 48
+
+
+def test_the_web_side_drains_on_sigterm(ckpt, client, redis_server):
+    """A second web process on the same stream: SIGTERM while its request waits on a worker
+    (a sliced image, seconds of work): readiness 503 at once, new requests 503 ``draining``,
+    the request in flight answered, exit 0."""
+    import signal
+    import threading
+
+    from danlu.serve.launch import ServerProcess
+
+    big = encode(np.tile(scene(seed=2, size=(128, 128)), (4, 4, 1)), "PNG")  # 512 x 512
+    db = redis_server.client()
+    with ServerProcess(ckpt, ["--redis", redis_server.url, "--drain-s", "300"]) as srv:
+        results: list = []
+
+        def go() -> None:
+            results.append(httpx.post(srv.url + "/v1/detect", params={"slice": 64},
+                                      content=big, headers={"content-type": "image/png"},
+                                      timeout=300))
+
+        t = threading.Thread(target=go, daemon=True)
+        t.start()
+        for _ in range(2000):  # until the worker holds the sliced job
+            if db.xpending("danlu:jobs", "workers")["pending"] > 0:
+                break
+            time.sleep(0.01)
+        srv.proc.send_signal(signal.SIGTERM)
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            assert wait_ready(c, 503)["status"] == "draining"
+            r = post(c, encode(scene()))
+            assert r.status_code == 503 and r.json()["error"]["code"] == "draining"
+        t.join(300)
+        assert results[0].status_code == 200 and results[0].json()["tiles"] > 1
+        assert srv.proc.wait(120) == 0
+
+
+def test_the_benchmarks_redis_goal_reads_its_rows(capsys):
+    """``benchmarks/serve.py --redis``: the goal and the throughput ratios from its rows."""
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks import serve as bench
+
+    def row(server, conc, rps, p50):
+        return bench.LoadRow("closed loop", server, str(conc), 100, 100, rps, p50, p50, p50)
+
+    rows = [row(bench.OURS, 1, 40.0, 0.0230), row(bench.redis_name(1), 1, 39.0, 0.0245),
+            row(bench.OURS, 16, 70.0, 0.2), row(bench.redis_name(1), 16, 66.0, 0.21),
+            row(bench.redis_name(1, 1), 16, 50.0, 0.3), row(bench.redis_name(2, 1), 16, 80.0, 0.2)]
+    (goal,) = bench.redis_goal_rows(rows)
+    assert goal.met is True and "+1.5 ms" in goal.measured
+    assert "0.94x in-process" in goal.note and "1.60x" in goal.note
+    rows[1] = row(bench.redis_name(1), 1, 30.0, 0.0300)
+    assert bench.redis_goal_rows(rows)[0].met is False
+    bench.report(rows + [goal])
+    assert "Redis Streams workers" in capsys.readouterr().out

@@ -207,10 +207,9 @@ class RedisDispatcher:
             info, model, names, backlog, _, stats = await p.execute()
         names = sorted(n.decode() for n in names)
         beats = await self.redis.mget([k.worker(n) for n in names]) if names else []
-        alive, gone = [], []
-        for name, beat in zip(names, beats, strict=True):
-            (alive.append(orjson.loads(beat)) if beat else gone.append(name))
-        if gone:
+        alive = [orjson.loads(beat) for beat in beats if beat]
+        gone = [name for name, beat in zip(names, beats, strict=True) if not beat]
+        if gone:  # their heartbeat expired: dead (a clean stop removes its name itself)
             await self.redis.srem(k.workers, *gone)
         self.workers = alive
         self.front.update(orjson.loads(model) if model else None)
