@@ -28,6 +28,7 @@ from danlu.serve.metrics import Metrics
 from danlu.serve.problems import RequestProblem
 from danlu.serve.ray_backend import RayDispatcher
 from danlu.serve.ray_replica import (
+    APP_NAME,
     ProblemDoc,
     RayOptions,
     RemoteOutcome,
@@ -331,6 +332,34 @@ def test_two_replicas_both_serve(dispatcher, engine):
         if len(seen) == 2:
             break
     assert len(seen) == 2
+
+
+def test_a_second_web_side_attaches_to_the_deployed_application(dispatcher, config, engine):
+    """``--ray-attach``: a second web side uses the replicas deployed by another (as a
+    KubeRay RayService deploys them), and leaves them running when it stops."""
+    from dataclasses import replace
+
+    from ray import serve
+
+    from danlu.errors import ServeError
+
+    attached = RayDispatcher(replace(config, ray=True, ray_app=APP_NAME), Metrics())
+    assert attached.options.deploy is False and attached.options.app_name == APP_NAME
+    asyncio.run(attached.start())
+    try:
+        data, opts = _images(1)[0], engine.options()
+        (out, _, _), = _submit_all(attached, [data], opts)
+        local = engine.run_batch([engine.prepare(data, opts)])[0]
+        assert same(rows(out.detections), rows(local.detections), box_tol=0.02)
+        assert attached.alive() == 2
+    finally:
+        asyncio.run(attached.stop())
+    assert APP_NAME in serve.status().applications  # not deleted by the one that attached
+    (out, _, _), = _submit_all(dispatcher, [data], opts)  # the deployer's still answers
+    assert out.detections is not None
+    missing = RayDispatcher(replace(config, ray=True, ray_app="no-such-app"), Metrics())
+    with pytest.raises(ServeError, match="cannot attach.*no-such-app"):
+        asyncio.run(missing.start())
 
 
 @pytest.mark.filterwarnings("ignore:The `metrics_interval_s`:DeprecationWarning")

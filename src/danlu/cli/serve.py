@@ -112,6 +112,9 @@ def register(app: typer.Typer) -> None:
                                            "(and torch threads) per replica."),
         replica_gpus: float = typer.Option(0.0, "--replica-gpus", help="With --ray: GPUs per "
                                            "replica (with --device cuda)."),
+        ray_attach: str = typer.Option(None, "--ray-attach", help="With --ray: deploy nothing; "
+                                       "attach to this Serve application (a KubeRay "
+                                       "RayService's, e.g. 'danlu') and leave it running."),
     ) -> None:
         """Serve a detector over HTTP: POST /v1/detect, a web page at /, metrics at /metrics.
 
@@ -139,10 +142,13 @@ def register(app: typer.Typer) -> None:
             cors_origins=tuple(cors_origin or ()), host=host, port=port, workers=workers,
             model_nice=model_nice, redis_url=redis_url, redis_prefix=redis_prefix,
             max_backlog=max_backlog, ray=ray, ray_address=ray_address, replicas=replicas,
-            autoscale=autoscale, replica_cpus=replica_cpus, replica_gpus=replica_gpus)
+            autoscale=autoscale, replica_cpus=replica_cpus, replica_gpus=replica_gpus,
+            ray_app=ray_attach)
         if ray and redis_url:
             raise ConfigError("--ray and --redis are two ways to run the model elsewhere: "
                               "choose one")
+        if ray_attach and not ray:
+            raise ConfigError("--ray-attach attaches to Ray Serve replicas: it needs --ray")
         if ray:  # the web side: no model, no torch here; the replicas load it
             require_ray_extra()
             if workers > 1:

@@ -45,6 +45,9 @@ class ServeConfig:
             here: serve it from Ray Serve replicas (:mod:`danlu.serve.ray_backend`) on a local
             Ray or the cluster at ``ray_address``; ``replicas`` of them (with ``autoscale``:
             from 1 up to ``replicas`` on ongoing requests), each with these CPUs and GPUs.
+        ray_app: with ``ray``, attach to this Serve application, deployed by someone else (a
+            KubeRay RayService), instead of deploying one; None: deploy ``danlu`` and delete
+            it on exit.
         max_backlog: with ``redis_url``, jobs not yet done (the stream's length) at or above
             which new requests get 503 + Retry-After.
     """
@@ -78,6 +81,12 @@ class ServeConfig:
     autoscale: bool = False
     replica_cpus: float = 1.0
     replica_gpus: float = 0.0
+    ray_app: str | None = None
+
+    @property
+    def ray_deploy(self) -> bool:
+        """Whether ``--ray`` deploys the replicas itself (not when attaching to ``ray_app``)."""
+        return self.ray_app is None
 
     def __post_init__(self) -> None:
         self.formats = tuple(f.upper() for f in self.formats)

@@ -113,8 +113,8 @@ class RayDispatcher:
                         {"address": "local", "num_cpus": o.local_cpus,
                          "include_dashboard": False}), log_to_driver=False)
         try:
-            serve.start(proxy_location="Disabled")  # the ingress is danlu's own app
             if o.deploy:
+                serve.start(proxy_location="Disabled")  # the ingress is danlu's own app
                 self.handle = serve.run(bind(self.config, o), name=o.app_name,
                                         route_prefix=None)
             else:
@@ -123,6 +123,10 @@ class RayDispatcher:
         except Exception as e:
             if self._owns_ray:
                 ray.shutdown()
+            if not o.deploy:
+                raise ServeError(f"cannot attach to the Ray Serve application {o.app_name!r} "
+                                 f"({e})", hint="is it deployed and running? `serve status` on "
+                                 "the cluster lists its applications") from e
             raise ServeError(f"the Ray Serve deployment did not start ({e})",
                              hint="check the model path on the replicas, and Ray's logs "
                                   "(/tmp/ray/session_latest/logs)") from e

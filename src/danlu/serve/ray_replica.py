@@ -87,8 +87,8 @@ class RayOptions:
     @classmethod
     def from_config(cls, config: Any) -> RayOptions:
         """The options a :class:`ServeConfig` carries (``ray_address``, ``replicas``,
-        ``autoscale``, ``replica_cpus``, ``replica_gpus``, ``ray_app``; defaults for those
-        it has not)."""
+        ``autoscale``, ``replica_cpus``, ``replica_gpus``, ``ray_app``, ``ray_deploy``;
+        defaults for those it has not)."""
         names = {"ray_address": "address", "replicas": "replicas", "autoscale": "autoscale",
                  "replica_cpus": "replica_cpus", "replica_gpus": "replica_gpus",
                  "ray_app": "app_name", "ray_deploy": "deploy"}
