@@ -75,32 +75,18 @@ its row's note.
 Run: ``danlu bench serve`` (about 5 minutes on 2 cores; ``--quick``: a smoke run of about
 45 s whose numbers mean little; ``--json`` for one document).
 
-**Over Redis** (``--redis``: ``python benchmarks/serve.py --redis [--quick]``): the same
-model, bodies and load generator, for ``danlu serve --redis`` with ``danlu worker`` processes
-(a real ``redis-server`` on a free loopback port, ``--save "" --appendonly no``; the web side,
-the workers, Redis and the load generator all on this machine's cores):
-
-* **one client, paired**: ``danlu serve`` (the in-process batcher) and the Redis path (one
-  worker) both running, each request sent to one then the other with the same body
-  (``_serve_load.paired_latency``: 400 turns, ``--quick`` 30, after 10 not counted), so both
-  see the same machine at the same moments; the goal: the Redis path's p50 at most 3 ms over
-  the in-process one (the median of the paired differences is in the note);
-* **throughput**: closed loop at 16 and 64 clients (``--quick``: 4) against the in-process
-  batcher and the Redis path with one worker (both with torch's default threads, 2 here),
-  then the Redis path with one and with two workers of one torch thread each
-  (``OMP_NUM_THREADS=1``: two workers of two threads on two cores would fight over them; the
-  one-thread single worker makes 1 vs 2 workers a like-for-like pair), every worker
-  ``--max-batch 16 --max-wait-ms 5 --device cpu``.
+**Over Redis and Ray Serve** (``--redis``, ``--ray``): the same model, bodies and load
+generator for the scale-out backends, in ``benchmarks/_serve_scaleout.py`` (its doc says
+what each row is).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -118,6 +104,11 @@ LITSERVE_SETTINGS = ((8, 0.005), (16, 0.005))
 OURS = "ours (danlu serve)"
 FLASK = "Flask + Redis (poll 0.25 s)"
 MODEL = "model alone (in-process)"
+#: the table's title by the servers in its rows (the scale-out backends')
+BACKEND_TITLES = {
+    "ours over Redis": "serve --redis: Redis Streams workers vs the in-process batcher, same model",
+    "ours over Ray Serve": "serve --ray: Ray Serve replicas vs the in-process batcher, same model",
+}
 
 _T0 = [time.perf_counter()]
 
@@ -156,7 +147,7 @@ class GoalRow:
     goal: str
     measured: str
     target: str
-    met: bool
+    met: bool | None  # None: a figure the issue asks for without a target ("reported")
     note: str = ""
     skipped: str = ""
 
@@ -436,134 +427,16 @@ def goal_rows(rows: list[LoadRow], info: dict, concurrencies: tuple[int, ...]) -
     return goals
 
 
-# -- over Redis (--redis) ----------------------------------------------------------------------
-REDIS_TITLE = "serve --redis: Redis Streams workers vs the in-process batcher, same model"
-REDIS = "ours over Redis"
-#: the added p50 (one client) the Redis path may cost over the in-process batcher
-REDIS_ADDED_P50_S = 0.003
-
-
-def redis_name(workers: int, threads: int | None = None) -> str:
-    each = "" if threads is None else f", {threads} torch thread{'s' if threads > 1 else ''} each"
-    return f"{REDIS} ({workers} worker{'s' if workers > 1 else ''}{each})"
-
-
-@contextlib.contextmanager
-def redis_fleet(ckpt: Path, workers: int, threads: int | None = None) -> Iterator[str]:
-    """A ``redis-server`` on a free loopback port, ``danlu serve CKPT --redis`` and
-    ``workers`` x ``danlu worker CKPT`` (``threads``: their ``OMP_NUM_THREADS``); yields the
-    web side's base URL once ``/readyz`` counts every worker."""
-    import httpx
-
-    from danlu.serve.launch import ServerProcess, WorkerProcess
-
-    exe = peers.redis_server_path()
-    if exe is None:
-        raise peers.PeerUnavailable("redis-server is not on PATH (Debian: apt-get install "
-                                    "redis-server)")
-    port = peers.free_port()
-    url = f"redis://127.0.0.1:{port}/0"
-    proc = peers.start([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "no"])
-    env = {"OMP_NUM_THREADS": str(threads)} if threads else None
-    worker_args = ["--max-batch", str(MAX_BATCH), "--max-wait-ms", str(MAX_WAIT_MS),
-                   "--device", "cpu"]
-    try:
-        with ServerProcess(ckpt, ["--redis", url, "--score-threshold", str(SCORE),
-                                  "--drain-s", "5"]) as web, contextlib.ExitStack() as stack:
-            for i in range(workers):
-                stack.enter_context(WorkerProcess(ckpt, url, [*worker_args, "--name",
-                                                              f"bench-{i}"], env=env))
-            for _ in range(600):  # a bound: the heartbeats arrive within a second
-                r = httpx.get(web.url + "/readyz", timeout=10, trust_env=False)
-                if r.status_code == 200 and len(r.json()["workers"]) == workers:
-                    break
-                time.sleep(0.05)
-            yield web.url.rstrip("/")
-    finally:
-        peers.stop(proc)
-
-
-def redis_rows(ckpt: Path, bodies: list[bytes], quick: bool) -> list[LoadRow]:
-    """The paired one-client latency, then the throughput rows (module doc)."""
-    s = settings(quick)
-    busy = tuple(c for c in s["concurrencies"] if c > 1)
-    case = f"closed loop, max batch {MAX_BATCH}, wait {MAX_WAIT_MS} ms"
-    paired = "one client, paired with the other server"
-
-    def first() -> list[LoadRow]:
-        _say("ours and the Redis path (1 worker): starting")
-        with peers.ours_server(ckpt, ours_args()) as local, redis_fleet(ckpt, 1) as remote:
-            a, b = local + "/v1/detect", remote + "/v1/detect"
-            warm(a, bodies, quick)
-            warm(b, bodies, quick)
-            _say("one client, paired")
-            res = load.paired_latency([a, b], bodies, 30 if quick else 400)
-            diffs = [y.latency - x.latency for x, y in
-                     zip(*(r.samples for r in res), strict=True)] if res[0].samples else []
-            note = (f"paired differences (Redis - in-process): median {_fmt(np.median(diffs))}"
-                    if diffs else "")
-            out = [_row(paired, OURS, res[0]), _row(paired, redis_name(1), res[1], note)]
-            out += closed_rows(case, OURS, a, bodies, quick, busy)
-            out += closed_rows(case, redis_name(1), b, bodies, quick, busy)
-            return out
-
-    def one_thread(workers: int) -> list[LoadRow]:
-        _say(f"the Redis path, {workers} worker(s) of 1 torch thread: starting")
-        with redis_fleet(ckpt, workers, threads=1) as remote:
-            return closed_rows(case, redis_name(workers, 1), remote + "/v1/detect", bodies,
-                               quick, busy)
-
-    rows = _guarded(paired, REDIS, first)
-    for n in (1, 2):
-        rows += _guarded(case, redis_name(n, 1), lambda n=n: one_thread(n))
-    return rows
-
-
-def redis_goal_rows(rows: list[LoadRow]) -> list[GoalRow]:
-    """The Redis path's goal (module doc), with the throughput ratios in its note."""
-    one = {r.server: r for r in rows if r.concurrency == "1" and r.ok and not r.skipped}
-    g = f"Redis path, one client: p50 <= in-process p50 + {REDIS_ADDED_P50_S * 1e3:g} ms"
-    mine, local = one.get(redis_name(1)), one.get(OURS)
-    busy = [r for r in rows if r.concurrency not in ("1", "-") and r.ok and not r.skipped]
-    ratios = []
-    for c in sorted({r.concurrency for r in busy}, key=int):
-        at = {r.server: r.rps for r in busy if r.concurrency == c}
-        if OURS in at:
-            ratios += [f"{n} at {c} clients: {at[n] / at[OURS]:.2f}x in-process"
-                       for n in (redis_name(1), redis_name(1, 1), redis_name(2, 1)) if n in at]
-        if redis_name(1, 1) in at and redis_name(2, 1) in at:
-            ratios.append(f"2 workers / 1 worker (1 thread each) at {c} clients: "
-                          f"{at[redis_name(2, 1)] / at[redis_name(1, 1)]:.2f}x")
-    if mine is None or local is None:
-        why = [r.skipped for r in rows if r.skipped]
-        return [GoalRow(g, "-", "-", False, why[0] if why else "did not run")]
-    added = mine.p50 - local.p50
-    return [GoalRow(g, f"{_fmt(mine.p50)} vs {_fmt(local.p50)}: +{_fmt(added)}",
-                    f"<= +{_fmt(REDIS_ADDED_P50_S)}", bool(added <= REDIS_ADDED_P50_S),
-                    "; ".join(ratios))]
-
-
-def run_redis(quick: bool = False) -> list:
-    """The ``--redis`` rows: the load table (LoadRow) then its goal (GoalRow)."""
-    from benchmarks import _predict_scene as scene_mod
-
-    _T0[0] = time.perf_counter()
-    ckpt = scene_mod.model_checkpoint(quick)
-    bodies = [load.multipart_body(j) for j in load.jpeg_images(settings(quick)["images"])]
-    rows = redis_rows(ckpt, bodies, quick)
-    _say(f"done in {time.perf_counter() - _T0[0]:.0f} s")
-    return rows + redis_goal_rows(rows)
-
-
 # -- the run and the report ------------------------------------------------------------------
-def run(quick: bool = False, redis: bool = False) -> list:
-    """All rows: the load table (LoadRow) then the goals (GoalRow); ``redis``: the
-    ``--redis`` variant (:func:`run_redis`)."""
+def run(quick: bool = False, redis: bool = False, ray: bool = False) -> list:
+    """All rows: the load table (LoadRow) then the goals (GoalRow); ``redis`` / ``ray``: the
+    scale-out backends instead (``benchmarks/_serve_scaleout.py``)."""
     from benchmarks import _predict_scene as scene_mod
 
-    if redis:
-        return run_redis(quick)
+    if redis or ray:
+        from benchmarks import _serve_scaleout as scaleout
+
+        return scaleout.run_backend("redis" if redis else "ray", quick)
     _T0[0] = time.perf_counter()
     s = settings(quick)
     ckpt = scene_mod.model_checkpoint(quick)
@@ -602,7 +475,8 @@ def report(rows: list, *, as_json: bool = False) -> None:
 
     loads = [r for r in rows if isinstance(r, LoadRow)]
     goals = [r for r in rows if isinstance(r, GoalRow)]
-    title = REDIS_TITLE if any(r.server.startswith(REDIS) for r in loads) else TITLE
+    title = next((t for prefix, t in BACKEND_TITLES.items()
+                  if any(r.server.startswith(prefix) for r in loads)), TITLE)
     if as_json:
         import orjson
 
@@ -627,14 +501,15 @@ def report(rows: list, *, as_json: bool = False) -> None:
         for col in ("goal", "measured", "target", "met?", "note"):
             table.add_column(col)
         for g in goals:
+            verdict = ("reported" if g.met is None else "met" if g.met else "MISSED")
             table.add_row(g.goal, g.measured, g.target,
-                          f"SKIPPED ({g.skipped})" if g.skipped
-                          else ("met" if g.met else "MISSED"), g.note)
+                          f"SKIPPED ({g.skipped})" if g.skipped else verdict, g.note)
         _console().print(table)
 
 
 REPORT = report
 
 if __name__ == "__main__":
-    report(run(quick="--quick" in sys.argv, redis="--redis" in sys.argv),
+    report(run(quick="--quick" in sys.argv, redis="--redis" in sys.argv,
+               ray="--ray" in sys.argv),
            as_json="--json" in sys.argv)

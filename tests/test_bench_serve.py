@@ -198,3 +198,50 @@ def test_ours_not_running_is_a_miss_not_a_skip():
     assert all(g.met is False for g in goals)
     assert not any(g.skipped for g in goals)
     assert all("boom" in g.note or "not run" in g.note for g in goals)
+
+
+# -- the scale-out variants (--redis, --ray) --------------------------------------------------
+def _load_row(server, conc, rps, p50):
+    return LoadRow("closed loop", server, str(conc), 100, 100, rps, p50, p50, p50)
+
+
+def test_the_redis_goal_reads_its_rows(capsys):
+    """``danlu bench serve --redis``: the goal and the throughput ratios from its rows."""
+    from benchmarks import _serve_scaleout as scaleout
+
+    b = scaleout.backends()["redis"]
+    rows = [_load_row(bench.OURS, 1, 40.0, 0.0230), _load_row(b.first, 1, 39.0, 0.0245),
+            _load_row(bench.OURS, 16, 70.0, 0.2), _load_row(b.first, 16, 66.0, 0.21),
+            _load_row(b.one, 16, 50.0, 0.3), _load_row(b.two, 16, 80.0, 0.2)]
+    (goal,) = scaleout.goal_rows(b, rows)
+    assert goal.met is True and "+1.5 ms" in goal.measured
+    assert "0.94x in-process" in goal.note and "1.60x" in goal.note
+    rows[1] = _load_row(b.first, 1, 30.0, 0.0300)
+    assert scaleout.goal_rows(b, rows)[0].met is False  # +7 ms
+    bench.report(rows + [goal])
+    assert "Redis Streams workers" in capsys.readouterr().out
+
+
+def test_the_ray_figure_is_reported_not_judged(capsys):
+    from benchmarks import _serve_scaleout as scaleout
+
+    b = scaleout.backends()["ray"]
+    assert b.added_p50_goal is None and b.two == "ours over Ray Serve (2 replicas, 1 CPU each)"
+    rows = [_load_row(bench.OURS, 1, 40.0, 0.0230), _load_row(b.first, 1, 30.0, 0.0350)]
+    (goal,) = scaleout.goal_rows(b, rows)
+    assert goal.met is None and "+12 ms" in goal.measured and "reported" in goal.target
+    bench.report(rows + [goal])
+    out = capsys.readouterr().out
+    assert "Ray Serve replicas" in out and "reported" in out and "MISSED" not in out
+    skipped = [LoadRow("closed loop", b.first, "-", skipped="Ray Serve is not installed")]
+    (goal,) = scaleout.goal_rows(b, skipped)
+    assert goal.skipped == "Ray Serve is not installed" and goal.met is False
+
+
+def test_the_variant_flags_belong_to_bench_serve(capsys):
+    from danlu.cli.main import main
+
+    assert main(["bench", "boxes", "--redis"]) == 2
+    assert "no --redis variant" in capsys.readouterr().err
+    assert main(["bench", "serve", "--redis", "--ray"]) == 2
+    assert "choose one" in capsys.readouterr().err

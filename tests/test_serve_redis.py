@@ -363,27 +363,3 @@ def test_the_web_side_drains_on_sigterm(ckpt, client, redis_server):
         t.join(300)
         assert results[0].status_code == 200 and results[0].json()["tiles"] > 1
         assert srv.proc.wait(120) == 0
-
-
-def test_the_benchmarks_redis_goal_reads_its_rows(capsys):
-    """``benchmarks/serve.py --redis``: the goal and the throughput ratios from its rows."""
-    from pathlib import Path
-
-    root = str(Path(__file__).resolve().parents[1])
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    from benchmarks import serve as bench
-
-    def row(server, conc, rps, p50):
-        return bench.LoadRow("closed loop", server, str(conc), 100, 100, rps, p50, p50, p50)
-
-    rows = [row(bench.OURS, 1, 40.0, 0.0230), row(bench.redis_name(1), 1, 39.0, 0.0245),
-            row(bench.OURS, 16, 70.0, 0.2), row(bench.redis_name(1), 16, 66.0, 0.21),
-            row(bench.redis_name(1, 1), 16, 50.0, 0.3), row(bench.redis_name(2, 1), 16, 80.0, 0.2)]
-    (goal,) = bench.redis_goal_rows(rows)
-    assert goal.met is True and "+1.5 ms" in goal.measured
-    assert "0.94x in-process" in goal.note and "1.60x" in goal.note
-    rows[1] = row(bench.redis_name(1), 1, 30.0, 0.0300)
-    assert bench.redis_goal_rows(rows)[0].met is False
-    bench.report(rows + [goal])
-    assert "Redis Streams workers" in capsys.readouterr().out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import sys
 from pathlib import Path
 
@@ -112,18 +113,38 @@ def register(app: typer.Typer) -> None:
         name: str = typer.Argument(None, help="Benchmark to run, e.g. 'boxes'. Omit to list."),
         quick: bool = typer.Option(False, "--quick", help="Small inputs: a smoke run."),
         as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        redis: bool = typer.Option(False, "--redis", help="serve only: the Redis Streams "
+                                   "backend (danlu serve --redis + danlu worker) instead."),
+        ray: bool = typer.Option(False, "--ray", help="serve only: the Ray Serve backend "
+                                 "(danlu serve --ray) instead."),
     ) -> None:
         """Time ours against each peer on the same input, in one run, and check outputs agree.
 
         Prints our time, the peer's time, their ratio (ours/peer: below 1 is faster) and
         whether the outputs agree.
 
-        Example: danlu bench boxes
+        Examples:
+          danlu bench boxes
+          danlu bench serve --redis     (the scale-out over Redis vs the in-process batcher)
         """
-        _bench(name, quick, as_json)
+        variant = {k: True for k, on in (("redis", redis), ("ray", ray)) if on}
+        _bench(name, quick, as_json, variant)
 
 
-def _bench(name: str | None = None, quick: bool = False, as_json: bool = False) -> None:
+def _variant_error(name: str, variant: dict[str, bool], run: object) -> ConfigError | None:
+    """Why ``variant`` (``{"redis": True}``...) does not fit benchmark ``name``, or None."""
+    if len(variant) > 1:
+        return ConfigError("--redis and --ray are two benchmarks: choose one")
+    params = inspect.signature(run).parameters  # type: ignore[arg-type]
+    unknown = [k for k in variant if k not in params]
+    if unknown:
+        return ConfigError(f"danlu bench {name} has no --{unknown[0]} variant",
+                           hint="--redis and --ray are variants of `danlu bench serve`")
+    return None
+
+
+def _bench(name: str | None = None, quick: bool = False, as_json: bool = False,
+           variant: dict[str, bool] | None = None) -> None:
     if not name:
         for n in available():
             print(n)
@@ -138,7 +159,10 @@ def _bench(name: str | None = None, quick: bool = False, as_json: bool = False) 
     try:
         module = _load(module_name)
         common = _load("_common")
-        rows = module.run(quick=quick)
+        why = _variant_error(name, variant or {}, module.run)
+        if why is not None:
+            raise why
+        rows = module.run(quick=quick, **(variant or {}))
     except ModuleNotFoundError as e:  # one the scan could not see (a dynamic import)
         top = (e.name or "").split(".")[0]
         if top not in OPTIONAL_MODULES:
