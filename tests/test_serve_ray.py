@@ -140,7 +140,11 @@ def test_deployment_options_fixed_and_autoscaled():
     fixed = deployment_options(config, RayOptions(replicas=3, replica_cpus=2))
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
     assert fixed["ray_actor_options"] == {"num_cpus": 2}
-    assert fixed["max_ongoing_requests"] == 16  # a running batch and a filling one
+    # every request the web side admits (--max-queue 64): past it Ray's router backs off
+    assert fixed["max_ongoing_requests"] == 64
+    small_queue = ServeConfig("m.pt", max_batch=8, max_queue=10)
+    assert deployment_options(small_queue, RayOptions())["max_ongoing_requests"] == 16  # and
+    # at least a running batch and a filling one
     auto = deployment_options(config, RayOptions(replicas=4, autoscale=True, replica_gpus=1))
     assert "num_replicas" not in auto
     assert auto["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4,
