@@ -207,3 +207,24 @@ def test_cli_missing_extra_names_it(monkeypatch):
     with pytest.raises(ConfigError) as e:
         cli_serve.require_serve_extra()
     assert "fastapi" in e.value.message and "danlu[serve]" in e.value.hint
+
+
+def test_missing_backend_modules_are_named_with_their_extra(monkeypatch):
+    import importlib.util
+
+    from danlu.cli._common import require_modules
+    from danlu.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name in ("ray", "redis", "prometheus_client")
+                        else real(name, *a))
+    with pytest.raises(ConfigError) as e:
+        require_modules("--ray", ["ray"])
+    assert e.value.message == "--ray needs ray[serve], which is not installed"
+    assert e.value.hint == "pip install 'danlu[ray]'"
+    with pytest.raises(ConfigError) as e:
+        require_modules("danlu worker", ["redis", "prometheus_client"])
+    assert "redis, prometheus-client, which are not" in e.value.message
+    assert e.value.hint == "pip install 'danlu[serve]'"
+    require_modules("danlu serve", ["fastapi"])  # installed: nothing raised

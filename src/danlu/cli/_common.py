@@ -163,14 +163,15 @@ _BENCH = "pip install 'danlu[bench]'"
 #: optional modules danlu's commands and benchmarks import, and how to install each
 OPTIONAL_MODULES = {
     **dict.fromkeys(("ensemble_boxes", "pycocotools", "faster_coco_eval", "hotcoco", "globox",
-                     "albumentations", "shapely", "tqdm", "litserve", "flask", "redis"),
+                     "albumentations", "shapely", "tqdm", "litserve", "flask"),
                     _BENCH),
     "ultralytics": "pip install 'danlu[bench-train]'",
     "sahi": "pip install --no-deps sahi==0.12.8 (what `make test` installs)",
     "cv2": "pip install 'danlu[opencv]'",
     **dict.fromkeys(("onnx", "onnxruntime", "onnxscript"), "pip install 'danlu[onnx]'"),
-    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "prometheus_client", "httpx"),
+    **dict.fromkeys(("fastapi", "uvicorn", "multipart", "prometheus_client", "httpx", "redis"),
                     "pip install 'danlu[serve]'"),
+    "ray": "pip install 'danlu[ray]'",
     **dict.fromkeys(("sklearn", "skimage"), "pip install 'danlu[digits]'"),
 }
 
@@ -182,6 +183,26 @@ def missing_modules(modules: Iterable[str]) -> dict[str, str]:
 
     return {m: OPTIONAL_MODULES[m] for m in modules
             if m in OPTIONAL_MODULES and importlib.util.find_spec(m) is None}
+
+
+#: the pip name of an optional module, where it differs
+PIP_NAMES = {"multipart": "python-multipart", "prometheus_client": "prometheus-client",
+             "cv2": "opencv-python-headless", "sklearn": "scikit-learn",
+             "skimage": "scikit-image", "ray": "ray[serve]"}
+
+
+def require_modules(what: str, modules: Iterable[str]) -> None:
+    """Raise one :class:`~danlu.errors.ConfigError` naming what is missing when any of
+    ``modules`` (top-level names in :data:`OPTIONAL_MODULES`) is not installed: "``what``
+    needs X, Y, which are not installed", with how to install them as the hint."""
+    from danlu.errors import ConfigError
+
+    missing = missing_modules(modules)
+    if missing:
+        names = [PIP_NAMES.get(m, m) for m in missing]
+        raise ConfigError(f"{what} needs {', '.join(names)}, which "
+                          f"{'is' if len(names) == 1 else 'are'} not installed",
+                          hint="; ".join(sorted(set(missing.values()))))
 
 
 #: what a ``--split`` names, in every command's help

@@ -7,39 +7,15 @@ import os
 
 import typer
 
-from danlu.cli._common import info, missing_modules
+from danlu.cli._common import info, require_modules
 
-#: the modules the serve extra brings, and the pip name of each
-_NEEDS = {"fastapi": "fastapi", "uvicorn": "uvicorn", "multipart": "python-multipart",
-          "prometheus_client": "prometheus-client"}
+#: the modules the serve extra brings
+SERVE_MODULES = ("fastapi", "uvicorn", "multipart", "prometheus_client")
 
 
 def require_serve_extra() -> None:
     """One clear error naming the extra when a serving dependency is missing."""
-    from danlu.errors import ConfigError
-
-    missing = missing_modules(_NEEDS)
-    if missing:
-        raise ConfigError(f"danlu serve needs {', '.join(_NEEDS[m] for m in missing)}, which "
-                          "is not installed", hint="; ".join(sorted(set(missing.values()))))
-
-
-def require_redis_client() -> None:
-    """One clear error when redis-py (the client of ``--redis``) is missing."""
-    from danlu.errors import ConfigError
-
-    if missing_modules(["redis"]):
-        raise ConfigError("--redis needs the redis client (redis-py), which is not installed",
-                          hint="pip install 'redis>=5'")
-
-
-def require_ray_extra() -> None:
-    """One clear error naming the extra when Ray Serve (``--ray``) is missing."""
-    from danlu.errors import ConfigError
-
-    if missing_modules(["ray"]):
-        raise ConfigError("--ray needs Ray Serve, which is not installed",
-                          hint="pip install 'danlu[ray]'")
+    require_modules("danlu serve", SERVE_MODULES)
 
 
 def check_redis(url: str, prefix: str) -> None:
@@ -150,7 +126,7 @@ def register(app: typer.Typer) -> None:
         if ray_attach and not ray:
             raise ConfigError("--ray-attach attaches to Ray Serve replicas: it needs --ray")
         if ray:  # the web side: no model, no torch here; the replicas load it
-            require_ray_extra()
+            require_modules("--ray", ["ray"])
             if workers > 1:
                 raise ConfigError("--ray runs one web process (the replicas do the model work)",
                                   hint="drop --workers, raise --replicas")
@@ -158,7 +134,7 @@ def register(app: typer.Typer) -> None:
         if redis_url:  # the web side: no model, no torch here
             from danlu.serve.redis_queue import check_url
 
-            require_redis_client()
+            require_modules("--redis", ["redis"])
             check_url(redis_url)
             check_redis(redis_url, redis_prefix)
             raise typer.Exit(run(config, None, log_level=log_level))

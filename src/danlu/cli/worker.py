@@ -7,17 +7,7 @@ import os
 
 import typer
 
-from danlu.cli._common import info, missing_modules
-
-
-def require_worker_deps() -> None:
-    """One clear error naming what is missing (the redis client, prometheus-client)."""
-    from danlu.errors import ConfigError
-
-    missing = missing_modules(["redis", "prometheus_client"])
-    if missing:
-        raise ConfigError(f"danlu worker needs {', '.join(missing)}, which is not installed",
-                          hint="pip install 'redis>=5' 'danlu[serve]'")
+from danlu.cli._common import info, require_modules
 
 
 def register(app: typer.Typer) -> None:
@@ -56,7 +46,7 @@ def register(app: typer.Typer) -> None:
         Example (beside the web side, on this machine or another):
           danlu worker runs/shapes/best.pt --redis redis://127.0.0.1:6379/0
         """
-        require_worker_deps()
+        require_modules("danlu worker", ["redis", "prometheus_client"])
         from danlu.errors import ConfigError
         from danlu.serve.config import ServeConfig
         from danlu.serve.engine import Engine
