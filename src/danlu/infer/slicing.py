@@ -52,6 +52,7 @@ import torch
 
 from danlu.errors import ConfigError
 from danlu.infer.postprocess import PostProcess
+from danlu.infer.slice_size import parse_slice_size  # re-exported: callers import it here
 from danlu.structures import Detections
 
 Window = tuple[int, int, int, int]
@@ -103,25 +104,6 @@ def slice_windows(width: int, height: int, size: int, overlap: float = 0.2) -> l
     stride = max(1, size - int(round(size * overlap)))
     xs, ys = _starts(width, size, stride), _starts(height, size, stride)
     return [(x, y, min(x + size, width), min(y + size, height)) for y in ys for x in xs]
-
-
-def parse_slice_size(value: object, name: str = "--slice") -> int | str | None:
-    """A ``--slice`` value as a user types it -> a tile side in pixels, ``"auto"``, or None
-    (``""``, ``off``, ``none``, ``0``: no slicing); ConfigError naming ``name`` otherwise.
-
-    Example:
-        >>> parse_slice_size("640"), parse_slice_size("AUTO"), parse_slice_size("off")
-        (640, 'auto', None)
-    """
-    text = "" if value is None else str(value).strip().lower()
-    if text in ("", "off", "none", "0"):
-        return None
-    if text == "auto":
-        return "auto"
-    try:
-        return int(text)
-    except ValueError:
-        raise ConfigError(f"{name} {value!r}: expected a tile side in pixels or 'auto'") from None
 
 
 def auto_slice_size(model_size: int | None, width: int, height: int) -> int:
@@ -323,8 +305,12 @@ def sliced_predict(predictor: Any, image: Any, *, slice_size: int | str = "auto"
         batch_size: tiles per forward pass (default: the Predictor's).
         merge: the suppression across tiles (default: the Predictor's method and IoU, no cap).
         score_threshold: candidates' minimum score (default: the Predictor's).
-        edge_margin / contain_threshold / resolve_cuts: the cut-box rule (``resolve_cuts``
-            False skips it: plain map-back-and-merge, as the DOTA devkit does).
+        edge_margin: pixels from a tile's inner side within which a box counts as cut
+            (:func:`cut_sides`).
+        contain_threshold: the cut-box rule's containment threshold
+            (:func:`resolve_cut_boxes`).
+        resolve_cuts: apply the cut-box rule (False: plain map-back-and-merge, as the DOTA
+            devkit does).
         workers: reader threads (0: read in the calling thread; default
             :func:`reader_threads`).
         stats: a :class:`SliceStats` to fill in.

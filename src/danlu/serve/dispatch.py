@@ -49,12 +49,11 @@ from danlu.serve.engine import (
     Engine,
     Outcome,
     Prepared,
-    _number,
     decode_upload,
     file_sha256,
 )
 from danlu.serve.metrics import Metrics
-from danlu.serve.problems import RequestProblem, bad_option
+from danlu.serve.problems import RequestProblem
 
 #: when the current request's deadline passes (``time.monotonic()`` seconds), set by the
 #: detect routes; None outside a request
@@ -287,26 +286,13 @@ class RemoteFront(Engine):
     def options(self, score_threshold: Any = None, classes: Any = None,
                 max_detections: Any = None, slice_size: Any = None,
                 overlap: Any = None) -> DetectOptions:
-        """:meth:`Engine.options`, once the backend has said what the classes are.
-
-        The same checks and messages (a test holds the two equal), written here because
-        Engine's own parses ``slice`` with :func:`danlu.infer.slicing.parse_slice_size`, whose
-        module imports torch, which the web side must not load. Once that parser lives in a
-        torch-free module this method can go (the inherited one is then right)."""
+        """:meth:`Engine.options` (the same checks and messages), once the backend has said
+        what the classes are."""
         if self.description is None:
             raise RequestProblem(503, "no_workers", "no model worker has described the model "
                                  "yet (start the model workers)", stage="admit",
                                  headers={"Retry-After": "1"})
-        thr = _number(score_threshold, "score_threshold", float, self.config.score_threshold)
-        if not 0.0 <= thr <= 1.0:
-            raise bad_option(f"score_threshold must be in [0, 1], got {thr:g}")
-        cap = _number(max_detections, "max_detections", int, None)
-        if cap is not None and cap < 1:
-            raise bad_option(f"max_detections must be at least 1, got {cap}")
-        lap = _number(overlap, "overlap", float, 0.2)
-        if not 0.0 <= lap < 0.95:
-            raise bad_option(f"overlap must be in [0, 0.95), got {lap:g}")
-        return DetectOptions(thr, self._labels(classes), cap, _slice_option(slice_size), lap)
+        return super().options(score_threshold, classes, max_detections, slice_size, overlap)
 
     def prepare(self, data: bytes, options: DetectOptions) -> Encoded:
         """The header checks of :func:`~danlu.serve.engine.decode_upload` (empty, format,
@@ -338,23 +324,6 @@ def check_header(data: bytes, config: ServeConfig) -> tuple[int, int]:
     size = im.size
     im.close()
     return int(size[0]), int(size[1])
-
-
-def _slice_option(value: Any) -> int | str | None:
-    """``slice`` as :func:`danlu.infer.slicing.parse_slice_size` then the engine read it
-    (without importing torch)."""
-    text = "" if value is None else str(value).strip().lower()
-    if text in ("", "off", "none", "0"):
-        return None
-    if text == "auto":
-        return "auto"
-    try:
-        side = int(text)
-    except ValueError:
-        raise bad_option(f"slice {value!r}: expected a tile side in pixels or 'auto'") from None
-    if side < 32:
-        raise bad_option(f"slice must be at least 32 pixels, got {side}")
-    return side
 
 
 @contextlib.contextmanager

@@ -327,7 +327,7 @@ def _number(value: Any, name: str, kind: type, default: Any) -> Any:
 
 def _slice(value: Any) -> int | str | None:
     from danlu.errors import ConfigError
-    from danlu.infer.slicing import parse_slice_size
+    from danlu.infer.slice_size import parse_slice_size  # torch-free: the web side uses it
 
     try:
         side = parse_slice_size(value, "slice")
