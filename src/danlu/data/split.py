@@ -19,6 +19,9 @@ import numpy as np
 from danlu.errors import ConfigError
 from danlu.structures import Dataset
 
+#: split names that mean "validation" in the datasets people have (Roboflow writes ``valid``)
+VAL_SPLIT_NAMES = ("val", "valid", "validation")
+
 _DEFAULT_NAMES = {1: ("all",), 2: ("train", "val"), 3: ("train", "val", "test")}
 
 
@@ -137,4 +140,4 @@ def split_dataset(
     return out
 
 
-__all__ = ["split_dataset", "split_sizes", "stratum_keys"]
+__all__ = ["split_dataset", "split_sizes", "stratum_keys", "VAL_SPLIT_NAMES"]

@@ -12,5 +12,12 @@ One request path, from the upload to the JSON answer:
   page), :mod:`~danlu.serve.server` runs it under uvicorn with draining on SIGTERM;
 * :mod:`~danlu.serve.launch` starts a server process from Python (tests, benchmarks).
 
+Where the model runs is one seam, :mod:`~danlu.serve.dispatch` (a ``Dispatcher``): in this
+process (``LocalDispatcher``, the batcher above), in ``danlu worker`` processes over Redis
+Streams (:mod:`~danlu.serve.redis_dispatch` on the web side, :mod:`~danlu.serve.worker` and
+:mod:`~danlu.serve.redis_queue` on the model side), or in Ray Serve replicas
+(:mod:`~danlu.serve.ray_backend`, :mod:`~danlu.serve.ray_replica`). The routes, limits,
+metrics and page are the same whichever carries the work.
+
 The service needs the ``serve`` extra: ``pip install 'danlu[serve]'``.
 """

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from danlu.data.split import VAL_SPLIT_NAMES
 from danlu.errors import ConfigError, DatasetError
 from danlu.structures import Dataset
 from danlu.train.callbacks import Callback
@@ -235,10 +236,6 @@ def _prepare_run_dir(cfg: TrainConfig, out: str | Path | None,
         for sub in ("eval", "plots"):
             shutil.rmtree(run_dir / sub, ignore_errors=True)
     return run_dir
-
-
-#: split names that mean "validation" in the datasets people have (Roboflow writes ``valid``)
-VAL_SPLIT_NAMES = ("val", "valid", "validation")
 
 
 def declared_splits(data: Any, with_val: bool) -> tuple[Any, Any, str | None]:

@@ -33,11 +33,12 @@ from typing import Any
 import yaml
 
 from danlu.data.formats._common import IMAGE_EXTENSIONS, FileIndex, ReadContext, safe_join
+from danlu.data.split import VAL_SPLIT_NAMES
 from danlu.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
 #: names of the validation split (``--split val`` also selects a folder named ``valid``)
-VAL_NAMES = ("val", "valid", "validation")
+VAL_NAMES = VAL_SPLIT_NAMES
 
 Items = list[tuple[str | None, Path]]
 

@@ -64,8 +64,8 @@ from danlu.data.formats._common import (
     make_detections,
     read_join_str,
 )
+from danlu.data.formats._xml import safe_expat
 from danlu.data.formats.cvat_write import XML_NAME, cvat_xml, write_cvat  # noqa: F401
-from danlu.data.formats.voc import _expat
 from danlu.errors import DatasetError
 from danlu.structures import Dataset, Sample
 
@@ -103,7 +103,7 @@ def is_cvat(path: Path) -> bool:
 def _parse_xml(data: bytes, where: str) -> Any:
     """The element tree of ``data``, parsed by expat with defusedxml's defences (entity
     declarations and external references raise), built by the C ``TreeBuilder``."""
-    ex, tree = _expat(), TreeBuilder()
+    ex, tree = safe_expat(), TreeBuilder()
     ex.StartElementHandler, ex.EndElementHandler = tree.start, tree.end
     ex.CharacterDataHandler, ex.buffer_text = tree.data, True
     try:

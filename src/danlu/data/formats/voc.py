@@ -42,12 +42,11 @@ import re
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
-from xml.parsers import expat
 from xml.parsers.expat import ExpatError
 
 import numpy as np
 from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import DefusedXMLParser, ParseError
+from defusedxml.ElementTree import ParseError
 from defusedxml.ElementTree import fromstring as _defused_fromstring
 
 from danlu.data.formats._common import (
@@ -60,6 +59,7 @@ from danlu.data.formats._common import (
     place_image,
     safe_join_str,
 )
+from danlu.data.formats._xml import safe_expat
 from danlu.data.imagesize import image_size
 from danlu.errors import DatasetError
 from danlu.structures import Dataset, Sample
@@ -86,7 +86,7 @@ def is_voc(path: Path) -> bool:
 
 def _check_xml(data: bytes, where: str) -> None:
     """Well-formedness and entity checks through defusedxml's expat set-up (no tree built)."""
-    ex = _expat()
+    ex = safe_expat()
     try:
         ex.Parse(data, True)
     except ExpatError as e:
@@ -159,19 +159,6 @@ def _slow_parse(data: bytes, where: str) -> dict:
 
 _FLAG_VALUES = {b"0": False, b"": False, b"false": False, b"False": False,
                 b"1": True, b"true": True, b"True": True}
-
-
-def _expat() -> Any:
-    """A fresh expat parser carrying defusedxml's defences (its handlers refuse entity
-    declarations, unparsed entities and external references) and no tree building."""
-    ex = expat.ParserCreate()
-    ex.EntityDeclHandler = _DEFUSED.defused_entity_decl
-    ex.UnparsedEntityDeclHandler = _DEFUSED.defused_unparsed_entity_decl
-    ex.ExternalEntityRefHandler = _DEFUSED.defused_external_entity_ref_handler
-    return ex
-
-
-_DEFUSED = DefusedXMLParser()
 
 
 def _parse_file(xml_path: str, stem: str, img_dir: str, images: FileIndex,
