@@ -346,7 +346,8 @@ class Sample:
 
     Args:
         image: a path to the image file, its encoded bytes, or an ``HxWxC`` uint8 array.
-        width, height: image size in pixels.
+        width: image width in pixels.
+        height: image height in pixels.
         detections: the boxes on this image (ground truth or predictions).
         id: a stable identifier (a file stem, or a COCO image id); defaults to the file stem.
         meta: anything else a reader keeps (e.g. DOTA ``gsd``, a tile's origin).

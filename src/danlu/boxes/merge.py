@@ -139,8 +139,9 @@ def merge_predictions(boxes: Array, scores: Array, labels: Array | None,
     """Merge each cluster into one prediction, SAHI's way (see the module docstring).
 
     Args:
-        boxes, scores, labels: the predictions the clusters index into (``labels`` may be None:
-            all 0).
+        boxes: the predicted boxes the clusters index into.
+        scores: their scores.
+        labels: their labels (None: all 0).
         keep_to_merge: ``{keep_index: [member, ...]}`` from :func:`greedy_nmm` or :func:`nmm`.
         match_metric: ``"IOU"`` or ``"IOS"``.
         match_threshold: a member is folded in when its metric with the merged box so far is

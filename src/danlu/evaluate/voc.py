@@ -76,7 +76,8 @@ def average_precision(recall: np.ndarray, precision: np.ndarray, *,
     """AP of one precision/recall curve (points in decreasing score order).
 
     Args:
-        recall, precision: ``[N]`` arrays; recall non-decreasing.
+        recall: ``[N]`` array, non-decreasing.
+        precision: ``[N]`` array, the precision at each recall.
         eleven_point: VOC2007: mean of the largest precision at recall ``>= t`` for
             ``t in np.arange(0, 1.1, 0.1)`` (0 when no point reaches ``t``). Otherwise VOC2010+:
             the area under the precision envelope (``p(r) = max(precision[recall >= r])``),

@@ -97,7 +97,10 @@ class Predictor:
             over ``score_threshold``, for the classes it names.
         tta: test-time augmentation (:mod:`danlu.infer.tta`): ``True`` for the default
             passes (flip, two scales), merged by WBF.
-        class_names / img_size / resize: needed only with a live module (a checkpoint has them).
+        class_names: the class names; needed only with a live module (a checkpoint has them).
+        img_size: the input side; needed only with a live module.
+        resize: ``"letterbox"`` (keep the aspect ratio, pad) or ``"resize"`` (stretch); needed
+            only with a live module.
         batch_size: images per forward pass.
         amp: float16 autocast on CUDA (off by default: boxes are decoded at full precision).
         backend_options: a ``haar:`` model's settings (``scale_factor``, ``min_neighbors``...).
