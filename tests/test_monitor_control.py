@@ -104,6 +104,10 @@ def test_the_http_api_steers_a_real_run_and_the_changes_survive_a_resume(tmp_pat
     try:
         wait_for(lambda: state(url).get("step", 0) >= 2, what="two steps")
         assert (out / "monitor.json").stat().st_mode & 0o777 == 0o600
+        # the run's batch size stays the batch size once steps arrive (a step used to
+        # overwrite it with the batch's index in its epoch)
+        s = state(url)
+        assert s["batch"] == TINY["batch"] and 1 <= s["batch_in_epoch"] <= s["step"]
 
         # set lr: the next step runs at the new rate, the steps before at the old one
         r = post(url, {"action": "set", "key": "lr", "value": 5e-4, "wait": 30})

@@ -190,7 +190,7 @@ class Monitor(Callback):
                 "losses": {k: v for k, v in logs.items() if k not in ("lr", "grad_norm")},
                 "eta": None if eta is None else round(eta, 1),
                 "ips": None if ips is None else round(ips, 2)}
-        state = {"step": data["step"], "epoch": data["epoch"], "batch": data["batch"],
+        state = {"step": data["step"], "epoch": data["epoch"], "batch_in_epoch": data["batch"],
                  "lr": data["lr"], "loss": logs.get("loss"), "eta": data["eta"],
                  "ips": data["ips"], "elapsed": data["t"], "total_epochs": trainer.total_epochs,
                  "total_steps": trainer.schedule.total_steps}
