@@ -81,7 +81,10 @@ def test_output_specs_keep_the_lines_asked_for():
 NEEDS = {"serve": [("curl", lambda: shutil.which("curl") is not None),
                    ("the serve extra (fastapi, uvicorn, httpx)",
                     lambda: all(importlib.util.find_spec(m) for m in ("fastapi", "uvicorn",
-                                                                      "httpx")))]}
+                                                                      "httpx")))],
+         "steer": [("curl", lambda: shutil.which("curl") is not None),
+                   ("a Chromium on PATH", lambda: shutil.which("chromium") is not None),
+                   ("Playwright", lambda: importlib.util.find_spec("playwright") is not None)]}
 
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.stem)
