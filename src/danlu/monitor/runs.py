@@ -198,10 +198,24 @@ def run_info(run_dir: str | Path) -> RunInfo:
     if isinstance(st.get("elapsed"), (int, float)):
         info.duration = max(info.duration or 0.0, float(st["elapsed"]))
         info.steps = max(info.steps, int(st.get("step") or 0))
+    saved = _read_config(run_dir / "config.yaml")  # rewritten by a resume that changed it
+    if saved:
+        info.config, info.model = saved, saved.get("model", info.model)
     if status == "running":
         mon = _read_json(run_dir / MONITOR_FILE)
         info.monitor = mon.get("url") if mon else None
     return info
+
+
+def _read_config(path: Path) -> dict[str, Any] | None:
+    """The run's ``config.yaml`` as a dict (None when it is missing or unreadable)."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def list_runs(project: str | Path = "runs") -> list[RunInfo]:
