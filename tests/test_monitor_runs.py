@@ -168,3 +168,44 @@ def test_a_public_monitor_without_a_token_is_refused_before_training(tmp_path, d
     r = subprocess.run([*args[:-3], "--notify-every", "5"], env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and "--notify-every needs --notify" in r.stderr, r.stderr
+
+
+def test_the_config_shown_is_the_one_a_resume_rewrote(tmp_path):
+    """``danlu train --resume RUN --epochs 8`` rewrites config.yaml; history.jsonl keeps the
+    first session's ``start`` (epochs 30), which ``runs show`` used to print."""
+    import orjson
+
+    from danlu.monitor.runs import run_info
+    from danlu.train.config import TrainConfig
+
+    run = tmp_path / "run"
+    run.mkdir()
+    first = TrainConfig(epochs=30, batch=4)
+    lines = [{"time": 1.0, "event": "start", "epoch": 0, "step": 0, "config": first.to_dict()},
+             {"time": 2.0, "event": "resumed", "epoch": 3, "step": 119},
+             {"time": 2.0, "event": "extended", "epoch": 3, "step": 119, "epochs": 8, "was": 30}]
+    (run / "history.jsonl").write_bytes(b"".join(orjson.dumps(x) + b"\n" for x in lines))
+    assert run_info(run).config["epochs"] == 30  # no config.yaml: the start event's
+    first.merged({"epochs": 8}).save(run / "config.yaml")
+    info = run_info(run)
+    assert info.config["epochs"] == 8 and info.config["batch"] == 4 and info.total_epochs == 8
+    (run / "config.yaml").write_text("{not: yaml: at all")
+    assert run_info(run).config["epochs"] == 30  # unreadable: the start event's again
+
+
+def test_runs_list_to_a_pipe_is_not_cut_to_80_columns(tmp_path):
+    import orjson
+
+    from danlu.train.config import TrainConfig
+
+    run = tmp_path / "runs" / "a-run-with-a-long-name"
+    run.mkdir(parents=True)
+    start_event = {"time": 1.8e9, "event": "start", "epoch": 0, "step": 0,
+                   "config": TrainConfig(model="fcos-resnet50-fpn").to_dict()}
+    (run / "history.jsonl").write_bytes(orjson.dumps(start_event) + b"\n")
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    r = subprocess.run([sys.executable, "-m", "danlu", "runs", "list", str(tmp_path / "runs")],
+                       capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "a-run-with-a-long-name" in r.stderr and "fcos-resnet50-fpn" in r.stderr
+    assert "…" not in r.stderr

@@ -17,10 +17,19 @@ def _rich_console() -> Any:
     """rich's stderr ``Console``, built on first use: a command that prints only JSON (or
     plain lines to a pipe) does not import rich."""
     if _Console.real is None:
+        import os
+
         from rich.console import Console
 
-        _Console.real = Console(stderr=True)
+        # rich draws for 80 columns where stderr is no terminal (a log file, CI): tables of
+        # runs and metrics then cut their cells short; COLUMNS still decides when it is set
+        piped = not sys.stderr.isatty() and "COLUMNS" not in os.environ
+        _Console.real = Console(stderr=True, width=PIPED_WIDTH if piped else None)
     return _Console.real
+
+
+#: the width of tables and text written to a pipe or a file
+PIPED_WIDTH = 120
 
 
 class _Console:
