@@ -42,38 +42,21 @@ import numpy as np
 from benchmarks import _serve_load as load
 from benchmarks import _serve_peers as peers
 from benchmarks import serve as base
-from benchmarks._common import measure
 
 
 def model_times(ckpt: Path, jpegs: list[bytes], quick: bool) -> dict[str, float]:
-    """t_0, t_1 and t_dec in seconds (module doc)."""
-    import torch
-
-    import danlu
-    from danlu.infer.images import read_image
-
-    torch.set_num_threads(os.cpu_count() or 1)
-    arrays = [read_image(j) for j in jpegs]
-    pred = danlu.Predictor(ckpt, device="cpu", score_threshold=base.SCORE)
-    t_dec = measure(lambda: [read_image(j) for j in jpegs], repeat=3) / len(jpegs)
-    t1 = measure(lambda: list(pred.predict_arrays(arrays[:1], batch_size=1)),
-                 repeat=8 if quick else 30, warmup=20)
-    batch = [arrays[i % len(arrays)] for i in range(16)]
-    t16 = measure(lambda: list(pred.predict_arrays(batch, batch_size=16)),
-                  repeat=3 if quick else 10, warmup=1)
-    t_1 = (t16 - t1) / 15
-    return {"t_0": t1 - t_1, "t_1": t_1, "t(1)": t1, "t(16)": t16, "t_dec": t_dec}
+    """t_0, t_1 and t_dec in seconds, from the serve benchmark's model-alone measurement
+    (``benchmarks/serve.py``: batch 1 and batch 16)."""
+    _, m = base.model_alone_rows(ckpt, jpegs, quick)
+    t_1 = (m["t16"] - m["t1"]) / (base.MAX_BATCH - 1)
+    return {"t_0": m["t1"] - t_1, "t_1": t_1, "t(1)": m["t1"], "t(16)": m["t16"],
+            "t_dec": m["decode"]}
 
 
 @contextlib.contextmanager
 def redis_server() -> Iterator[tuple[int, int]]:
     """A ``redis-server`` on a free loopback port: ``(port, pid)``."""
-    exe = peers.redis_server_path()
-    if exe is None:
-        raise SystemExit("redis-server is not on PATH (Debian: apt-get install redis-server)")
-    port = peers.free_port()
-    proc = peers.start([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "no"])
+    proc, port = peers.start_redis()
     try:
         yield port, proc.pid
     finally:

@@ -343,12 +343,25 @@ def redis_server_path() -> str | None:
     return shutil.which("redis-server")
 
 
+def start_redis(log: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """A throwaway ``redis-server`` (no persistence) on a free loopback port: ``(process,
+    port)``; :class:`PeerUnavailable` where ``redis-server`` is missing. Stop it with
+    :func:`stop`."""
+    exe = redis_server_path()
+    if exe is None:
+        raise PeerUnavailable("redis-server is not on PATH (Debian: apt-get install "
+                              "redis-server)")
+    port = free_port()
+    proc = start([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--daemonize", "no"], log)
+    return proc, port
+
+
 @contextlib.contextmanager
 def flask_redis_server(ckpt: Path, score: float, cap_s: float = FLASK_CAP_S,
                        timeout_s: float = 180.0) -> Iterator[str]:
     """The poll-based baseline (module doc); yields its ``/v1/detect`` URL."""
-    exe = redis_server_path()
-    if exe is None:
+    if redis_server_path() is None:
         raise PeerUnavailable("redis-server is not on PATH (Debian: apt-get install "
                               "redis-server)")
     try:
@@ -356,13 +369,12 @@ def flask_redis_server(ckpt: Path, score: float, cap_s: float = FLASK_CAP_S,
         import redis  # noqa: F401
     except ImportError as e:
         raise PeerUnavailable(f"flask / redis (the client) not installed ({e})") from None
-    redis_port, web_port = free_port(), free_port()
+    web_port = free_port()
     procs: list[subprocess.Popen] = []
     logs = [_log_path(n) for n in ("redis", "flask-web", "redis-worker")]
     try:
-        procs.append(start([exe, "--port", str(redis_port), "--bind", "127.0.0.1",
-                            "--save", "", "--appendonly", "no", "--daemonize", "no"],
-                           logs[0]))
+        proc, redis_port = start_redis(logs[0])
+        procs.append(proc)
         db = _redis(redis_port)
         t_end = time.monotonic() + 30
         while True:

@@ -75,14 +75,8 @@ def redis_fleet(ckpt: Path, workers: int, threads: int | None = None) -> Iterato
 
     from danlu.serve.launch import ServerProcess, WorkerProcess
 
-    exe = peers.redis_server_path()
-    if exe is None:
-        raise peers.PeerUnavailable("redis-server is not on PATH (Debian: apt-get install "
-                                    "redis-server)")
-    port = peers.free_port()
+    proc, port = peers.start_redis()
     url = f"redis://127.0.0.1:{port}/0"
-    proc = peers.start([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                        "--appendonly", "no", "--daemonize", "no"])
     env = {"OMP_NUM_THREADS": str(threads)} if threads else None
     worker_args = ["--max-batch", str(base.MAX_BATCH), "--max-wait-ms", str(base.MAX_WAIT_MS),
                    "--device", "cpu"]

@@ -209,13 +209,12 @@ def run_info(run_dir: str | Path) -> RunInfo:
 
 def _read_config(path: Path) -> dict[str, Any] | None:
     """The run's ``config.yaml`` as a dict (None when it is missing or unreadable)."""
-    import yaml
+    from danlu.train.config import load_yaml
 
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, yaml.YAMLError):
+        return load_yaml(path) or None
+    except ConfigError:
         return None
-    return doc if isinstance(doc, dict) else None
 
 
 def list_runs(project: str | Path = "runs") -> list[RunInfo]:

@@ -158,7 +158,7 @@ async def _decode(service: Service, data: bytes, options: DetectOptions, stage: 
                   ) -> Prepared:
     assert service.engine is not None
     stage.name = "decode"
-    if getattr(service.engine, "prepare_inline", False):  # a header read: no thread hop
+    if service.engine.prepare_inline:  # a header read (RemoteFront): no thread hop
         return service.engine.prepare(data, options)
     return await service.in_pool(service.engine.prepare, data, options)
 

@@ -264,7 +264,7 @@ class RemoteFront(Engine):
 
     #: :meth:`prepare` reads a header only (tens of microseconds): the routes run it on the
     #: event loop, sparing the request a hop to the decode pool and back
-    prepare_inline = True
+    prepare_inline: bool = True
 
     def __init__(self, config: ServeConfig) -> None:  # no Engine.__init__: no model here
         self.config = config

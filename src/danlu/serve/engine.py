@@ -94,6 +94,9 @@ class Engine:
     """
 
     thread: ThreadPoolExecutor | None = None
+    #: whether :meth:`prepare` is cheap enough to run on the event loop (here it decodes the
+    #: image, so the routes send it to the decode pool)
+    prepare_inline: bool = False
 
     @classmethod
     def open(cls, config: ServeConfig) -> Engine:

@@ -37,15 +37,13 @@ from danlu.data.split import VAL_SPLIT_NAMES
 from danlu.errors import DatasetError
 
 SPLITS = ("train", "val", "test")
-#: names of the validation split (``--split val`` also selects a folder named ``valid``)
-VAL_NAMES = VAL_SPLIT_NAMES
 
 Items = list[tuple[str | None, Path]]
 
 
 def same_split(name: str, wanted: str) -> bool:
     """``name`` is the split ``wanted``: equal, or both names of the validation split."""
-    return name == wanted or (name in VAL_NAMES and wanted in VAL_NAMES)
+    return name == wanted or (name in VAL_SPLIT_NAMES and wanted in VAL_SPLIT_NAMES)
 
 
 def find_yaml(path: Path) -> Path | None:
@@ -78,7 +76,7 @@ def is_yolo_folder(path: Path) -> bool:
     if (path / "images").is_dir() or (path / "obj.data").is_file() \
             or (path / "obj.names").is_file():
         return True
-    if any((path / s / "images").is_dir() for s in (*SPLITS, *VAL_NAMES)):
+    if any((path / s / "images").is_dir() for s in (*SPLITS, *VAL_SPLIT_NAMES)):
         return True
     return (path / "classes.txt").is_file() and any(_images_in(path))
 
@@ -336,7 +334,8 @@ class LabelFinder:
             if sa in s[cut:]:
                 head, tail = s.rsplit(sa, 1)
                 first, _, rest = tail.partition(os.sep)
-                alts = [first] + [n for n in VAL_NAMES if first in VAL_NAMES and n != first]
+                alts = [first] + [n for n in VAL_SPLIT_NAMES
+                                  if first in VAL_SPLIT_NAMES and n != first]
                 dirs = [os.path.join(head, "labels", a, rest).rstrip(os.sep) for a in alts]
             dirs.append(image_dir)
             self._dirs[image_dir] = dirs
@@ -371,5 +370,5 @@ class LabelFinder:
                 f"{', '.join(shown)}{more}), e.g. {self.missing[0]}")
 
 
-__all__ = ["find_items", "find_yaml", "is_yolo_folder", "LabelFinder", "SPLITS", "VAL_NAMES",
+__all__ = ["find_items", "find_yaml", "is_yolo_folder", "LabelFinder", "SPLITS",
            "same_split", "load_yaml", "yaml_names", "list_images"]
